@@ -1,0 +1,161 @@
+//! The command line (clap derive): `percore` serves the proxy topology,
+//! `percore backend` runs one mock backend. Flags override the config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::balance::StrategyKind;
+use crate::config::{parse_duration, Config, ConfigError, DriverChoice};
+
+#[derive(Debug, Parser)]
+#[command(name = "percore", version, about = "Thread-per-core HTTP/1.1 reverse proxy and load balancer")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one mock backend: GET /health answers 200, other requests are echoed.
+    Backend(BackendArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// JSON config file with the same settings; flags override it.
+    #[arg(long, value_name = "FILE.json")]
+    pub config: Option<PathBuf>,
+    /// Proxy listen address [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Admin API listen address [default: 127.0.0.1:8081].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Backend URL, http://host:port (repeatable). None: start three mock backends.
+    #[arg(long = "backend", value_name = "URL")]
+    pub backends: Vec<String>,
+    /// Load-balancing strategy [default: round_robin].
+    #[arg(long, value_parser = parse_strategy)]
+    pub strategy: Option<StrategyKind>,
+    /// Worker threads, one pinned per core [default: cores in the affinity mask].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// I/O driver [default: auto, io_uring with epoll fallback].
+    #[arg(long, value_enum)]
+    pub driver: Option<DriverChoice>,
+    /// Backend connect timeout (e.g. 5s, 500ms) [default: 5s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Option<Duration>,
+    /// Upstream response-head timeout, also between body reads [default: 60s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub response_timeout: Option<Duration>,
+    /// Deadline for a client to send a whole request head [default: 30s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub request_head_timeout: Option<Duration>,
+    /// Idle client keep-alive timeout [default: 60s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Option<Duration>,
+    /// Idle pooled upstream connection timeout [default: 30s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub upstream_idle_timeout: Option<Duration>,
+}
+
+fn parse_strategy(text: &str) -> Result<StrategyKind, String> {
+    text.parse()
+}
+
+impl ServeArgs {
+    /// The config file (or defaults) with these flags applied, validated.
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(admin) = self.admin {
+            config.admin = admin;
+        }
+        if !self.backends.is_empty() {
+            config.backends = self.backends.clone();
+        }
+        if let Some(strategy) = self.strategy {
+            config.strategy = strategy;
+        }
+        if self.workers.is_some() {
+            config.workers = self.workers;
+        }
+        if let Some(driver) = self.driver {
+            config.driver = driver;
+        }
+        let timeouts = [
+            (self.connect_timeout, &mut config.connect_timeout),
+            (self.response_timeout, &mut config.response_timeout),
+            (self.request_head_timeout, &mut config.request_head_timeout),
+            (self.idle_timeout, &mut config.idle_timeout),
+            (self.upstream_idle_timeout, &mut config.upstream_idle_timeout),
+        ];
+        for (flag, setting) in timeouts {
+            if let Some(value) = flag {
+                *setting = value;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackendArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+    /// Name reported in responses [default: backend-PORT].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Delay before answering each request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Status code of answers to requests other than /health.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
+    pub status: u16,
+    /// I/O driver.
+    #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
+    pub driver: DriverChoice,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_defaults() {
+        let cli = Cli::try_parse_from(["percore", "--backend", "http://127.0.0.1:1", "--backend", "http://127.0.0.1:2", "--workers", "2", "--strategy", "least_connections", "--connect-timeout", "200ms"]).unwrap();
+        let config = cli.serve.to_config().unwrap();
+        assert_eq!(config.backends.len(), 2);
+        assert_eq!(config.workers, Some(2));
+        assert_eq!(config.strategy, StrategyKind::LeastConnections);
+        assert_eq!(config.connect_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(Cli::try_parse_from(["percore", "--strategy", "random"]).is_err());
+        assert!(Cli::try_parse_from(["percore", "--listen", "nowhere"]).is_err());
+        let cli = Cli::try_parse_from(["percore", "--workers", "0"]).unwrap();
+        assert!(cli.serve.to_config().is_err());
+    }
+
+    #[test]
+    fn backend_subcommand() {
+        let cli = Cli::try_parse_from(["percore", "backend", "--listen", "127.0.0.1:9", "--delay-ms", "5", "--status", "503"]).unwrap();
+        let Some(Command::Backend(args)) = cli.command else { panic!("not a backend command") };
+        assert_eq!((args.delay_ms, args.status), (5, 503));
+    }
+}

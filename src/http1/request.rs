@@ -1,0 +1,385 @@
+//! Request-head parsing and validation (RFC 9112 §2-3, §6.1-6.3): bytes in,
+//! a checked head and its body framing out. Anything a backend could read
+//! differently from us is rejected here, before a byte is forwarded.
+
+use super::fields::{list_elements, parse_content_length, ConnectionOptions};
+use super::{has_bare_lf, Version};
+
+/// How the request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body: neither Content-Length nor Transfer-Encoding.
+    None,
+    /// Exactly this many bytes follow the head (0 kept, so it is forwarded).
+    Length(u64),
+    /// A chunked body, re-encoded canonically when forwarded.
+    Chunked,
+}
+
+/// Why a request head was refused; each maps to one status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("request head too large")]
+    HeadTooLarge,
+    #[error("too many header fields")]
+    TooManyHeaders,
+    #[error("malformed request line")]
+    RequestLine,
+    #[error("unsupported HTTP version")]
+    Version,
+    #[error("malformed header field")]
+    HeaderField,
+    #[error("bare LF line terminator")]
+    BareLf,
+    #[error("missing Host header")]
+    MissingHost,
+    #[error("more than one Host header")]
+    DuplicateHost,
+    #[error("both Content-Length and Transfer-Encoding")]
+    LengthAndTransferEncoding,
+    #[error("malformed or conflicting Content-Length")]
+    BadContentLength,
+    #[error("Transfer-Encoding in an HTTP/1.0 request")]
+    TransferEncodingInHttp10,
+    #[error("Transfer-Encoding does not end in a single chunked")]
+    NotFinallyChunked,
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
+    #[error("too many Connection options")]
+    TooManyConnectionOptions,
+    #[error("method not supported by this proxy")]
+    MethodNotSupported,
+    #[error("malformed request target")]
+    BadTarget,
+}
+
+impl RequestError {
+    /// The status code a client gets for this error.
+    pub fn status(self) -> u16 {
+        match self {
+            RequestError::HeadTooLarge | RequestError::TooManyHeaders => 431,
+            RequestError::Version => 505,
+            RequestError::UnsupportedTransferCoding => 501,
+            RequestError::MethodNotSupported => 405,
+            _ => 400,
+        }
+    }
+}
+
+/// A parsed, validated request head borrowing from the read buffer.
+pub struct RequestHead<'b, 'h> {
+    pub method: &'b str,
+    /// The target to send upstream, in origin-form (absolute-form converted).
+    pub path: &'b str,
+    pub version: Version,
+    pub headers: &'h [httparse::Header<'b>],
+    /// Length of the head in the buffer, including the final CRLF.
+    pub head_len: usize,
+    pub framing: BodyFraming,
+    /// The authority: the absolute-form target's, else the Host header's.
+    pub authority: Option<&'b [u8]>,
+    /// Whether the client allows the connection to stay open after this exchange.
+    pub keep_alive: bool,
+    pub connection: ConnectionOptions<'b>,
+    /// Whether the target was absolute-form, so a Host header must be replaced.
+    pub absolute_form: bool,
+}
+
+impl RequestHead<'_, '_> {
+    /// Methods a proxy may retry after a failure (RFC 9110 §9.2.2).
+    pub fn is_idempotent(&self) -> bool {
+        matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// `Ok(None)`: the head is incomplete; read more (the caller enforces the size cap).
+pub fn parse<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+) -> Result<Option<RequestHead<'b, 'h>>, RequestError> {
+    let mut request = httparse::Request::new(headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::Version) if !is_well_formed_other_version(buf) => return Err(RequestError::RequestLine),
+        Err(error) => return Err(map_parse_error(error)),
+    };
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(RequestError::BareLf);
+    }
+    let method = request.method.ok_or(RequestError::RequestLine)?;
+    let target = request.path.ok_or(RequestError::RequestLine)?;
+    let version = Version::from_minor(request.version.ok_or(RequestError::Version)?);
+    let headers: &'h [httparse::Header<'b>] = request.headers;
+
+    // CONNECT tunnels and TRACE reflection (cross-site tracing) are not served,
+    // as nginx does not serve them either.
+    if method == "CONNECT" || method == "TRACE" {
+        return Err(RequestError::MethodNotSupported);
+    }
+    let (path, target_authority) = split_target(method, target)?;
+
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut final_chunked = false;
+    let mut chunked_count = 0usize;
+    let mut other_coding = false;
+    let mut host: Option<&'b [u8]> = None;
+    let mut connection = ConnectionOptions::default();
+
+    for header in headers.iter() {
+        let name = header.name;
+        match name.len() {
+            4 if name.eq_ignore_ascii_case("host") => {
+                if host.is_some() {
+                    return Err(RequestError::DuplicateHost);
+                }
+                host = Some(header.value);
+            }
+            10 if name.eq_ignore_ascii_case("connection") => {
+                if !connection.add(header.value) {
+                    return Err(RequestError::TooManyConnectionOptions);
+                }
+            }
+            14 if name.eq_ignore_ascii_case("content-length") => {
+                let n = parse_content_length(header.value).ok_or(RequestError::BadContentLength)?;
+                if content_length.is_some_and(|previous| previous != n) {
+                    return Err(RequestError::BadContentLength);
+                }
+                content_length = Some(n);
+            }
+            17 if name.eq_ignore_ascii_case("transfer-encoding") => {
+                transfer_encoding = true;
+                for coding in list_elements(header.value) {
+                    if coding.eq_ignore_ascii_case(b"chunked") {
+                        chunked_count += 1;
+                        final_chunked = true;
+                    } else {
+                        // An empty element or any other coding after chunked
+                        // leaves the length undeterminable (RFC 9112 §6.3 item 4).
+                        if coding.is_empty() {
+                            return Err(RequestError::NotFinallyChunked);
+                        }
+                        other_coding = true;
+                        final_chunked = false;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let framing = if transfer_encoding {
+        if version == Version::Http10 {
+            return Err(RequestError::TransferEncodingInHttp10);
+        }
+        if content_length.is_some() {
+            return Err(RequestError::LengthAndTransferEncoding);
+        }
+        if !final_chunked || chunked_count != 1 {
+            return Err(RequestError::NotFinallyChunked);
+        }
+        if other_coding {
+            return Err(RequestError::UnsupportedTransferCoding);
+        }
+        BodyFraming::Chunked
+    } else {
+        content_length.map_or(BodyFraming::None, BodyFraming::Length)
+    };
+
+    if version == Version::Http11 && host.is_none() {
+        return Err(RequestError::MissingHost);
+    }
+    if host.is_some_and(|value| !valid_authority(value)) {
+        return Err(RequestError::HeaderField);
+    }
+    let keep_alive = match version {
+        Version::Http11 => !connection.close,
+        Version::Http10 => connection.keep_alive && !connection.close,
+    };
+
+    Ok(Some(RequestHead {
+        method,
+        path,
+        version,
+        headers,
+        head_len,
+        framing,
+        authority: target_authority.or(host),
+        keep_alive,
+        connection,
+        absolute_form: target_authority.is_some(),
+    }))
+}
+
+fn map_parse_error(error: httparse::Error) -> RequestError {
+    match error {
+        httparse::Error::TooManyHeaders => RequestError::TooManyHeaders,
+        httparse::Error::Version => RequestError::Version,
+        httparse::Error::HeaderName | httparse::Error::HeaderValue => RequestError::HeaderField,
+        httparse::Error::NewLine => RequestError::BareLf,
+        _ => RequestError::RequestLine,
+    }
+}
+
+/// Whether the request line is `method SP target SP HTTP/d.d` with a version
+/// other than 1.x: only that deserves 505; any other mess is a 400.
+fn is_well_formed_other_version(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let version = match line.iter().rposition(|&b| b == b' ') {
+        Some(space) if line.iter().filter(|&&b| b == b' ').count() == 2 => &line[space + 1..],
+        _ => return false,
+    };
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit())
+}
+
+/// Splits a request target into the origin-form path to forward and, for the
+/// absolute form (RFC 9112 §3.2.2), its authority, which replaces Host.
+fn split_target<'b>(method: &str, target: &'b str) -> Result<(&'b str, Option<&'b [u8]>), RequestError> {
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    if target == "*" {
+        return if method == "OPTIONS" { Ok((target, None)) } else { Err(RequestError::BadTarget) };
+    }
+    let rest = strip_prefix_ignore_case(target, "http://")
+        .or_else(|| strip_prefix_ignore_case(target, "https://"))
+        .ok_or(RequestError::BadTarget)?;
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    if authority.is_empty() || !valid_authority(authority.as_bytes()) {
+        return Err(RequestError::BadTarget);
+    }
+    let path = &rest[authority_end..];
+    // An absolute-form target with an empty path is sent as "/" (RFC 9112 §3.2.1);
+    // the caller writes "/" before a query in that case.
+    Ok((path, Some(authority.as_bytes())))
+}
+
+fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = value.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
+}
+
+/// An authority (host[:port]) made only of characters a URI allows there
+/// (RFC 3986 §3.2); userinfo ("@") is refused as RFC 9110 §4.2.4 deprecates it.
+fn valid_authority(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b'%')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::EMPTY_HEADERS;
+
+    fn parse_ok(raw: &[u8]) -> (BodyFraming, bool, usize) {
+        let mut headers = EMPTY_HEADERS;
+        let head = parse(raw, &mut headers).expect("valid").expect("complete");
+        (head.framing, head.keep_alive, head.head_len)
+    }
+
+    fn parse_err(raw: &[u8]) -> RequestError {
+        let mut headers = EMPTY_HEADERS;
+        match parse(raw, &mut headers) {
+            Err(error) => error,
+            Ok(Some(_)) => panic!("accepted: {:?}", String::from_utf8_lossy(raw)),
+            Ok(None) => panic!("incomplete: {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    #[test]
+    fn simple_get() {
+        let raw = b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\nextra";
+        assert_eq!(parse_ok(raw), (BodyFraming::None, true, raw.len() - 5));
+    }
+
+    #[test]
+    fn incomplete_head_asks_for_more() {
+        let mut headers = EMPTY_HEADERS;
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut headers).unwrap().is_none());
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!parse_ok(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").1);
+        assert!(!parse_ok(b"GET / HTTP/1.0\r\n\r\n").1);
+        assert!(parse_ok(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").1);
+    }
+
+    #[test]
+    fn body_framing() {
+        assert_eq!(parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").0, BodyFraming::Length(5));
+        assert_eq!(parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n").0, BodyFraming::Length(5));
+        assert_eq!(parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n").0, BodyFraming::Chunked);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        use RequestError::*;
+        let cases: &[(&[u8], RequestError)] = &[
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", LengthAndTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n", BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n", BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", NotFinallyChunked),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n", NotFinallyChunked),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", NotFinallyChunked),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", NotFinallyChunked),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", UnsupportedTransferCoding),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", TransferEncodingInHttp10),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(parse_err(raw), *expected, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn malformed_fields_are_refused() {
+        let cases: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: x\r\nFoo : bar\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nFoo: bar\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nFoo: b\0ar\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nFoo: b\rar\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\nFoo: bar\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\x01Foo: bar\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET foo HTTP/1.1\r\nHost: x\r\n\r\n",
+        ];
+        for raw in cases {
+            let error = parse_err(raw);
+            assert_eq!(error.status(), 400, "{:?} gave {error:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn versions_and_methods() {
+        assert_eq!(parse_err(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").status(), 505);
+        assert_eq!(parse_err(b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n").status(), 405);
+        assert_eq!(parse_err(b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n").status(), 405);
+    }
+
+    #[test]
+    fn absolute_form_takes_its_authority() {
+        let mut headers = EMPTY_HEADERS;
+        let raw = b"GET http://Example.com:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n";
+        let head = parse(raw, &mut headers).unwrap().unwrap();
+        assert_eq!(head.path, "/p?q");
+        assert_eq!(head.authority, Some(&b"Example.com:81"[..]));
+        assert!(head.absolute_form);
+    }
+}

@@ -1,0 +1,180 @@
+//! Response-head parsing and body framing (RFC 9112 §4, §6.3), for heads read
+//! from a backend. A backend's framing mistakes become a 502, never a guess.
+
+use super::fields::{list_elements, parse_content_length, ConnectionOptions};
+use super::{has_bare_lf, Version};
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body: HEAD, 1xx, 204, 304 (item 1), or Content-Length: 0.
+    None,
+    Length(u64),
+    Chunked,
+    /// Neither Content-Length nor chunked: the body runs to the connection's close.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("malformed response head from backend")]
+    Malformed,
+    #[error("backend response head too large")]
+    HeadTooLarge,
+    #[error("backend sent both Content-Length and Transfer-Encoding")]
+    LengthAndTransferEncoding,
+    #[error("backend sent a malformed or conflicting Content-Length")]
+    BadContentLength,
+    #[error("backend sent an unsupported transfer coding")]
+    UnsupportedTransferCoding,
+    #[error("backend switched protocols, which percore does not relay")]
+    SwitchingProtocols,
+}
+
+pub struct ResponseHead<'b, 'h> {
+    pub status: u16,
+    pub reason: &'b str,
+    pub version: Version,
+    pub headers: &'h [httparse::Header<'b>],
+    pub head_len: usize,
+    pub framing: ResponseFraming,
+    /// Whether the backend keeps the connection open after this response.
+    pub keep_alive: bool,
+    pub connection: ConnectionOptions<'b>,
+}
+
+impl ResponseHead<'_, '_> {
+    /// 1xx responses precede the final one (RFC 9110 §15.2).
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+}
+
+/// Parses a response head; `request_is_head` applies RFC 9112 §6.3 item 1.
+pub fn parse<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+    request_is_head: bool,
+) -> Result<Option<ResponseHead<'b, 'h>>, ResponseError> {
+    let mut response = httparse::Response::new(headers);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::HeadTooLarge),
+        Err(_) => return Err(ResponseError::Malformed),
+    };
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(ResponseError::Malformed);
+    }
+    let status = response.code.ok_or(ResponseError::Malformed)?;
+    let version = Version::from_minor(response.version.ok_or(ResponseError::Malformed)?);
+    let reason = response.reason.unwrap_or("");
+    let headers: &'h [httparse::Header<'b>] = response.headers;
+    if status == 101 {
+        return Err(ResponseError::SwitchingProtocols);
+    }
+
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut final_chunked = false;
+    let mut chunked_count = 0usize;
+    let mut connection = ConnectionOptions::default();
+    for header in headers.iter() {
+        let name = header.name;
+        match name.len() {
+            10 if name.eq_ignore_ascii_case("connection") => {
+                if !connection.add(header.value) {
+                    return Err(ResponseError::Malformed);
+                }
+            }
+            14 if name.eq_ignore_ascii_case("content-length") => {
+                let n = parse_content_length(header.value).ok_or(ResponseError::BadContentLength)?;
+                if content_length.is_some_and(|previous| previous != n) {
+                    return Err(ResponseError::BadContentLength);
+                }
+                content_length = Some(n);
+            }
+            17 if name.eq_ignore_ascii_case("transfer-encoding") => {
+                transfer_encoding = true;
+                for coding in list_elements(header.value) {
+                    final_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                    chunked_count += usize::from(final_chunked);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let bodiless = request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if bodiless {
+        ResponseFraming::None
+    } else if transfer_encoding {
+        if content_length.is_some() {
+            // RFC 9112 §6.3 item 3 lets Transfer-Encoding win, but a backend
+            // sending both is broken or under attack: refuse rather than guess.
+            return Err(ResponseError::LengthAndTransferEncoding);
+        }
+        if final_chunked && chunked_count == 1 {
+            ResponseFraming::Chunked
+        } else if !final_chunked {
+            // Item 4 would read such a body to close, but Transfer-Encoding is
+            // hop-by-hop and percore decodes only chunked: relaying the coded
+            // bytes without the field would corrupt them, so refuse (502).
+            return Err(ResponseError::UnsupportedTransferCoding);
+        } else {
+            return Err(ResponseError::Malformed);
+        }
+    } else {
+        match content_length {
+            Some(0) => ResponseFraming::None,
+            Some(n) => ResponseFraming::Length(n),
+            None => ResponseFraming::UntilClose,
+        }
+    };
+    let keep_alive = framing != ResponseFraming::UntilClose
+        && match version {
+            Version::Http11 => !connection.close,
+            Version::Http10 => connection.keep_alive && !connection.close,
+        };
+    Ok(Some(ResponseHead { status, reason, version, headers, head_len, framing, keep_alive, connection }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::EMPTY_HEADERS;
+
+    fn framing(raw: &[u8], head: bool) -> Result<ResponseFraming, ResponseError> {
+        let mut headers = EMPTY_HEADERS;
+        parse(raw, &mut headers, head).map(|r| r.expect("complete").framing)
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false), Ok(ResponseFraming::Length(3)));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true), Ok(ResponseFraming::None));
+        assert_eq!(framing(b"HTTP/1.1 204 No Content\r\n\r\n", false), Ok(ResponseFraming::None));
+        assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false), Ok(ResponseFraming::None));
+        assert_eq!(framing(b"HTTP/1.1 100 Continue\r\n\r\n", false), Ok(ResponseFraming::None));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false), Ok(ResponseFraming::Chunked));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n", false), Ok(ResponseFraming::UntilClose));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false), Err(ResponseError::BadContentLength));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", false),
+            Err(ResponseError::LengthAndTransferEncoding)
+        );
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false), Err(ResponseError::UnsupportedTransferCoding));
+        assert_eq!(framing(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false), Err(ResponseError::SwitchingProtocols));
+        assert_eq!(framing(b"HTTP/1.1 2000 OK\r\n\r\n", false), Err(ResponseError::Malformed));
+    }
+
+    #[test]
+    fn keep_alive_of_backend() {
+        let mut headers = EMPTY_HEADERS;
+        let head = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", &mut headers, false).unwrap().unwrap();
+        assert!(!head.keep_alive);
+        let mut headers = EMPTY_HEADERS;
+        let head = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &mut headers, false).unwrap().unwrap();
+        assert!(!head.keep_alive);
+    }
+}

@@ -1,0 +1,109 @@
+//! Per-core statistics: counters in cache-padded slots that only their own
+//! core writes (plain load + store, no locked read-modify-write on the request
+//! path) and that the control plane sums when read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam::utils::CachePadded;
+
+/// A counter written by exactly one core.
+#[derive(Default, Debug)]
+pub struct CoreCounter(AtomicU64);
+
+impl CoreCounter {
+    /// Only the owning core calls this: a single writer needs no atomic RMW.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Release);
+    }
+}
+
+/// One slot per core, each on its own cache line.
+#[derive(Debug)]
+pub struct PerCore<T> {
+    slots: Box<[CachePadded<T>]>,
+}
+
+impl<T: Default> PerCore<T> {
+    pub fn new(cores: usize) -> Self {
+        PerCore { slots: (0..cores).map(|_| CachePadded::new(T::default())).collect() }
+    }
+}
+
+impl<T> PerCore<T> {
+    #[inline]
+    pub fn core(&self, core: usize) -> &T {
+        &self.slots[core]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|slot| &**slot)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+impl<T> PerCore<T> {
+    /// Sums one counter over all cores.
+    pub fn sum(&self, counter: impl Fn(&T) -> &CoreCounter) -> u64 {
+        self.iter().map(|slot| counter(slot).get()).sum()
+    }
+}
+
+/// What each worker core reports about itself.
+#[derive(Default, Debug)]
+pub struct WorkerStats {
+    /// Client connections open on this core.
+    pub active_connections: CoreCounter,
+    /// Requests this core has answered (forwarded or refused).
+    pub requests: CoreCounter,
+    /// The pool version this core has applied.
+    pub applied_version: CoreCounter,
+}
+
+/// Per-backend, per-core counters.
+#[derive(Default, Debug)]
+pub struct BackendCounters {
+    /// Requests in flight to the backend: least-connections' load.
+    pub active: CoreCounter,
+    pub requests: CoreCounter,
+    /// Connect failures and broken exchanges.
+    pub failures: CoreCounter,
+}
+
+/// Decrements a core counter when dropped, so that every exit path of a
+/// request or connection (including cancellation) balances its increment.
+pub struct ActiveGuard<'a>(&'a CoreCounter);
+
+impl<'a> ActiveGuard<'a> {
+    pub fn new(counter: &'a CoreCounter) -> Self {
+        counter.add(1);
+        ActiveGuard(counter)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.sub(1);
+    }
+}

@@ -1,0 +1,394 @@
+//! The server pool: the authoritative list of backends on the control plane,
+//! and each core's local view of it.
+//!
+//! Changes (add, remove, up/down, strategy) are made under a `parking_lot`
+//! lock on the control plane, which then fans an immutable, versioned
+//! `PoolSnapshot` out to every core over a `crossbeam` channel. A core applies
+//! the newest snapshot between requests and publishes the version it applied,
+//! so a caller (admin API, health checker) can wait until every core routes by
+//! it. Requests already in flight keep the backend they picked.
+
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::balance::{Balancer, Candidate, Strategy, StrategyKind};
+use crate::metrics::{BackendCounters, PerCore, WorkerStats};
+use crate::upstream::IdleConnections;
+
+pub type BackendId = u64;
+
+/// A backend's identity and counters, shared by all cores.
+#[derive(Debug)]
+pub struct Backend {
+    pub id: BackendId,
+    /// Canonical `http://host:port`.
+    pub url: String,
+    pub addr: SocketAddr,
+    /// `host:port` as configured, the Host of requests that arrive without one.
+    pub authority: Box<[u8]>,
+    pub weight: u32,
+    pub counters: PerCore<BackendCounters>,
+}
+
+impl Backend {
+    /// Requests in flight, summed over cores.
+    pub fn active(&self) -> u64 {
+        self.counters.sum(|c| &c.active)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    Up,
+    Down,
+    /// Removed from selection; in-flight requests finish.
+    Draining,
+}
+
+/// An immutable pool state; each core applies the newest it has received.
+#[derive(Debug)]
+pub struct PoolSnapshot {
+    pub version: u64,
+    pub strategy: StrategyKind,
+    pub backends: Vec<(Arc<Backend>, BackendState)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackendUrlError {
+    #[error("backend url {0:?} must start with http://")]
+    Scheme(String),
+    #[error("backend url {0:?} must be http://host:port with no path")]
+    Shape(String),
+    #[error("backend url {0:?}: cannot resolve host")]
+    Resolve(String),
+}
+
+/// Parses `http://host:port` (port defaults to 80) into a canonical url,
+/// the authority and a resolved address.
+pub fn parse_backend_url(url: &str) -> Result<(String, String, SocketAddr), BackendUrlError> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| BackendUrlError::Scheme(url.to_string()))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let bad_char = |c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'));
+    if authority.is_empty() || authority.contains(bad_char) {
+        return Err(BackendUrlError::Shape(url.to_string()));
+    }
+    let with_port = if authority.rsplit_once(':').is_some_and(|(host, port)| !host.ends_with(':') && !port.contains(']')) {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|_| BackendUrlError::Resolve(url.to_string()))?
+        .next()
+        .ok_or_else(|| BackendUrlError::Resolve(url.to_string()))?;
+    Ok((format!("http://{authority}"), authority.to_string(), addr))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error(transparent)]
+    Url(#[from] BackendUrlError),
+    #[error("backend {0} is already in the pool")]
+    Duplicate(String),
+    #[error("no backend {0}")]
+    Unknown(String),
+    #[error("weight {0} is out of range 1..=1000")]
+    Weight(u32),
+}
+
+struct PoolState {
+    version: u64,
+    strategy: StrategyKind,
+    backends: Vec<(Arc<Backend>, BackendState)>,
+    next_id: BackendId,
+}
+
+/// The authoritative pool, owned by the control plane.
+pub struct ControlPlane {
+    state: Mutex<PoolState>,
+    senders: Vec<Sender<Arc<PoolSnapshot>>>,
+    pub workers: PerCore<WorkerStats>,
+    pub started: Instant,
+}
+
+impl ControlPlane {
+    /// A pool for `cores` workers; returns the receivers, one per core.
+    pub fn new(cores: usize, strategy: StrategyKind) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..cores).map(|_| crossbeam::channel::unbounded()).unzip();
+        let plane = ControlPlane {
+            state: Mutex::new(PoolState { version: 0, strategy, backends: Vec::new(), next_id: 1 }),
+            senders,
+            workers: PerCore::new(cores),
+            started: Instant::now(),
+        };
+        (Arc::new(plane), receivers)
+    }
+
+    pub fn cores(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Adds a backend in state `up`; returns it and the new version.
+    pub fn add_backend(&self, url: &str, weight: u32) -> Result<(Arc<Backend>, u64), PoolError> {
+        if !(1..=1000).contains(&weight) {
+            return Err(PoolError::Weight(weight));
+        }
+        let (url, authority, addr) = parse_backend_url(url)?;
+        let mut state = self.state.lock();
+        if state.backends.iter().any(|(b, _)| b.url == url) {
+            return Err(PoolError::Duplicate(url));
+        }
+        let backend = Arc::new(Backend {
+            id: state.next_id,
+            url,
+            addr,
+            authority: authority.into_bytes().into_boxed_slice(),
+            weight,
+            counters: PerCore::new(self.cores()),
+        });
+        state.next_id += 1;
+        state.backends.push((backend.clone(), BackendState::Up));
+        let version = self.publish(&mut state);
+        Ok((backend, version))
+    }
+
+    /// Removes a backend from selection; in-flight requests keep their connection.
+    pub fn remove_backend(&self, id: BackendId) -> Result<(Arc<Backend>, u64), PoolError> {
+        let mut state = self.state.lock();
+        let index = state.backends.iter().position(|(b, _)| b.id == id).ok_or_else(|| PoolError::Unknown(id.to_string()))?;
+        let (backend, _) = state.backends.remove(index);
+        let version = self.publish(&mut state);
+        Ok((backend, version))
+    }
+
+    /// Marks a backend up or down (health checker); `None` if it is gone.
+    pub fn set_state(&self, id: BackendId, new_state: BackendState) -> Option<u64> {
+        let mut state = self.state.lock();
+        let entry = state.backends.iter_mut().find(|(b, _)| b.id == id)?;
+        if entry.1 == new_state {
+            return Some(state.version);
+        }
+        entry.1 = new_state;
+        Some(self.publish(&mut state))
+    }
+
+    /// Switches strategy; returns the previous one and the new version.
+    pub fn set_strategy(&self, strategy: StrategyKind) -> (StrategyKind, u64) {
+        let mut state = self.state.lock();
+        let previous = std::mem::replace(&mut state.strategy, strategy);
+        (previous, self.publish(&mut state))
+    }
+
+    /// The current state, as a snapshot (for status reports).
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let state = self.state.lock();
+        PoolSnapshot { version: state.version, strategy: state.strategy, backends: state.backends.clone() }
+    }
+
+    /// Bumps the version and sends the new snapshot to every core.
+    fn publish(&self, state: &mut PoolState) -> u64 {
+        state.version += 1;
+        let snapshot = Arc::new(PoolSnapshot { version: state.version, strategy: state.strategy, backends: state.backends.clone() });
+        for sender in &self.senders {
+            // A core that has exited (shutdown) has dropped its receiver: nothing to update.
+            let _ = sender.send(snapshot.clone());
+        }
+        state.version
+    }
+
+    /// Waits until every core has applied `version`; `false` on timeout.
+    pub fn wait_applied(&self, version: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.workers.iter().all(|w| w.applied_version.get() >= version) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A backend as one core sees it: shared identity plus this core's idle
+/// upstream connections and passive-failure mark.
+pub struct LocalBackend {
+    pub backend: Arc<Backend>,
+    pub state: Cell<BackendState>,
+    pub idle: IdleConnections,
+    /// After a connect failure the backend is skipped until then, unless no
+    /// other backend is left (as nginx's `max_fails=1 fail_timeout`).
+    pub failed_until: Cell<Option<Instant>>,
+}
+
+impl Candidate for Rc<LocalBackend> {
+    #[inline]
+    fn load(&self) -> u64 {
+        self.backend.active()
+    }
+
+    #[inline]
+    fn weight(&self) -> u32 {
+        self.backend.weight
+    }
+}
+
+/// One core's view of the pool, applied from snapshots.
+pub struct LocalPool {
+    core: usize,
+    version: Cell<u64>,
+    backends: RefCell<Vec<Rc<LocalBackend>>>,
+    balancer: RefCell<Balancer>,
+}
+
+/// A pick bounded to `MAX_ATTEMPTS` backends per request.
+pub const MAX_ATTEMPTS: usize = 64;
+
+impl LocalPool {
+    pub fn new(core: usize) -> Rc<LocalPool> {
+        Rc::new(LocalPool {
+            core,
+            version: Cell::new(0),
+            backends: RefCell::new(Vec::new()),
+            balancer: RefCell::new(Balancer::new(StrategyKind::default())),
+        })
+    }
+
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.get()
+    }
+
+    /// Applies a snapshot newer than the current view, keeping the idle
+    /// connections of backends that stay.
+    pub fn apply(&self, snapshot: &PoolSnapshot) {
+        if snapshot.version <= self.version.get() {
+            return;
+        }
+        let mut backends = self.backends.borrow_mut();
+        let previous = std::mem::take(&mut *backends);
+        for (backend, state) in &snapshot.backends {
+            let local = match previous.iter().find(|local| local.backend.id == backend.id) {
+                Some(local) => local.clone(),
+                None => Rc::new(LocalBackend {
+                    backend: backend.clone(),
+                    state: Cell::new(*state),
+                    idle: IdleConnections::default(),
+                    failed_until: Cell::new(None),
+                }),
+            };
+            local.state.set(*state);
+            backends.push(local);
+        }
+        if self.balancer.borrow().kind() != snapshot.strategy {
+            *self.balancer.borrow_mut() = Balancer::new(snapshot.strategy);
+        }
+        self.version.set(snapshot.version);
+    }
+
+    /// Picks a backend that is up, not in `tried`, and preferably not marked
+    /// failed. `tried` holds ids already attempted for this request.
+    pub fn pick(&self, tried: &[BackendId], now: Instant) -> Option<Rc<LocalBackend>> {
+        let backends = self.backends.borrow();
+        let balancer = self.balancer.borrow();
+        let usable = |i: usize, avoid_failed: bool| {
+            let local: &LocalBackend = &backends[i];
+            local.state.get() == BackendState::Up
+                && !tried.contains(&local.backend.id)
+                && !(avoid_failed && local.failed_until.get().is_some_and(|until| until > now))
+        };
+        let index = balancer.pick(&backends, |i| usable(i, true)).or_else(|| balancer.pick(&backends, |i| usable(i, false)))?;
+        Some(backends[index].clone())
+    }
+
+    /// Drops idle upstream connections older than `idle_timeout`.
+    pub fn prune_idle(&self, now: Instant, idle_timeout: Duration) {
+        for local in self.backends.borrow().iter() {
+            local.idle.prune(now, idle_timeout);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.backends.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_urls() {
+        let (url, authority, addr) = parse_backend_url("http://127.0.0.1:9001/").unwrap();
+        assert_eq!((url.as_str(), authority.as_str()), ("http://127.0.0.1:9001", "127.0.0.1:9001"));
+        assert_eq!(addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(parse_backend_url("http://127.0.0.1").unwrap().2.port(), 80);
+        assert_eq!(parse_backend_url("http://[::1]:81").unwrap().2, "[::1]:81".parse().unwrap());
+        assert!(matches!(parse_backend_url("https://a:1"), Err(BackendUrlError::Scheme(_))));
+        assert!(matches!(parse_backend_url("http://a:1/path"), Err(BackendUrlError::Shape(_))));
+        assert!(matches!(parse_backend_url("http://"), Err(BackendUrlError::Shape(_))));
+    }
+
+    #[test]
+    fn snapshots_fan_out_and_apply_in_order() {
+        let (plane, receivers) = ControlPlane::new(2, StrategyKind::RoundRobin);
+        let (a, _) = plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
+        let (b, v2) = plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
+        assert_eq!(plane.add_backend("http://127.0.0.1:9002", 1).unwrap_err(), PoolError::Duplicate("http://127.0.0.1:9002".into()));
+        let local = LocalPool::new(0);
+        let snapshots: Vec<_> = receivers[0].try_iter().collect();
+        assert_eq!(snapshots.len(), 2);
+        local.apply(&snapshots[1]);
+        local.apply(&snapshots[0]); // stale: ignored
+        assert_eq!((local.version(), local.len()), (v2, 2));
+
+        let v3 = plane.set_state(a.id, BackendState::Down).unwrap();
+        local.apply(&receivers[0].try_recv().unwrap());
+        assert_eq!(local.version(), v3);
+        let now = Instant::now();
+        for _ in 0..4 {
+            assert_eq!(local.pick(&[], now).unwrap().backend.id, b.id);
+        }
+        assert!(local.pick(&[b.id], now).is_none());
+        plane.remove_backend(b.id).unwrap();
+        local.apply(&receivers[0].try_recv().unwrap());
+        assert_eq!(local.len(), 1);
+        assert!(local.pick(&[], now).is_none());
+        assert_eq!(receivers[1].try_iter().count(), 4);
+    }
+
+    #[test]
+    fn failed_backends_are_avoided_while_others_remain() {
+        let (plane, receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
+        plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
+        plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
+        let local = LocalPool::new(0);
+        local.apply(&receivers[0].try_iter().last().unwrap());
+        let now = Instant::now();
+        let first = local.pick(&[], now).unwrap();
+        first.failed_until.set(Some(now + Duration::from_secs(1)));
+        for _ in 0..3 {
+            assert_ne!(local.pick(&[], now).unwrap().backend.id, first.backend.id);
+        }
+        let other = local.pick(&[], now).unwrap();
+        other.failed_until.set(Some(now + Duration::from_secs(1)));
+        assert!(local.pick(&[], now).is_some(), "all failed: still try one");
+    }
+}

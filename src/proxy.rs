@@ -1,0 +1,921 @@
+//! The data path: one task per client connection, on the core that accepted it.
+//!
+//! Per request: read and validate the head (`http1::request`), pick a backend
+//! (`pool`), take an idle upstream connection or open one (`upstream`), then
+//! run the upload (client → backend body) and the download (backend → client
+//! response) concurrently, so that neither side's flow control can stall the
+//! other. Everything a request touches lives in this core: no lock, no atomic
+//! read-modify-write, and only pooled buffers.
+//!
+//! Failures before the response starts become a status code (502, 503, 504);
+//! after it starts, the client connection is aborted, never ended cleanly on a
+//! cut body. A client that disappears takes its upstream exchange with it.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, Canceller, Splitable};
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
+use monoio::net::TcpStream;
+
+use crate::buffer::BufferPool;
+use crate::http1::chunked::{write_chunk_size, LAST_CHUNK};
+use crate::http1::rewrite::{self, ClientBody, ForwardFields};
+use crate::http1::{request, response, BodyFraming, ChunkedDecoder, ResponseFraming, Version, EMPTY_HEADERS};
+use crate::metrics::ActiveGuard;
+use crate::pool::{BackendId, ControlPlane, LocalBackend, LocalPool, MAX_ATTEMPTS};
+use crate::upstream::{self, UpstreamConn};
+
+/// Data-path settings, the same on every core.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxySettings {
+    /// Opening a backend connection; on expiry the next backend is tried.
+    pub connect_timeout: Duration,
+    /// Waiting for the response head, and between reads of a response body (504).
+    pub response_timeout: Duration,
+    /// From the first byte of a request head to its end (408).
+    pub request_head_timeout: Duration,
+    /// A client keep-alive connection waiting for its next request.
+    pub idle_timeout: Duration,
+    /// An idle pooled upstream connection is closed after this.
+    pub upstream_idle_timeout: Duration,
+    /// Idle upstream connections kept per backend per core.
+    pub max_idle_per_backend: usize,
+    /// Size of each pooled I/O buffer, and so the largest request head.
+    pub buffer_size: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            request_head_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(30),
+            max_idle_per_backend: 256,
+            buffer_size: 16 * 1024,
+        }
+    }
+}
+
+/// A client connection idle this long gives its buffer back to the core's
+/// pool and waits with a small one, so that thousands of idle keep-alive
+/// connections cost little memory. Busy connections never reach it.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+const PARKED_BUFFER: usize = 512;
+
+/// While a slow backend thinks, the client connection is watched for a close
+/// (so the exchange is abandoned at once). Watching costs a cancelled read, so
+/// it starts only once a response is this late; fast responses never pay it.
+const WATCH_AFTER: Duration = Duration::from_millis(5);
+
+/// A backend that refused a connection is avoided for this long, while
+/// others are available.
+const FAILED_BACKEND_PAUSE: Duration = Duration::from_secs(1);
+
+/// 1xx responses relayed before the final one; more is a broken backend.
+const MAX_INTERIM: usize = 16;
+
+/// Everything a core's connections share.
+pub struct CoreContext {
+    pub pool: Rc<LocalPool>,
+    pub plane: Arc<ControlPlane>,
+    pub settings: ProxySettings,
+    pub buffers: BufferPool,
+    request_seq: Cell<u64>,
+    request_id_prefix: u32,
+}
+
+impl CoreContext {
+    pub fn new(pool: Rc<LocalPool>, plane: Arc<ControlPlane>, settings: ProxySettings) -> Rc<CoreContext> {
+        let started = plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
+        Rc::new(CoreContext {
+            buffers: BufferPool::new(settings.buffer_size, 1024),
+            pool,
+            plane,
+            settings,
+            request_seq: Cell::new(0),
+            request_id_prefix: started ^ unix_seconds(),
+        })
+    }
+
+    fn core(&self) -> usize {
+        self.pool.core()
+    }
+}
+
+fn unix_seconds() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
+}
+
+/// Serves one client connection until it closes, fails or times out.
+pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreContext>) {
+    let worker = core.plane.workers.core(core.core());
+    let _open = ActiveGuard::new(&worker.active_connections);
+    // Heads and small bodies are written whole; Nagle would only delay them.
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let mut conn = Connection {
+        input: ClientInput { rd, buf: core.buffers.take(), pos: 0 },
+        output: wr,
+        client_ip: peer.ip().to_canonical().to_string(),
+        request_id: Vec::with_capacity(64),
+        up_head: Vec::with_capacity(1024),
+        canceller: Canceller::new(),
+        core: core.clone(),
+    };
+    conn.run().await;
+    core.buffers.give(std::mem::take(&mut conn.input.buf));
+}
+
+/// Bytes read from the client; `buf[pos..]` is not consumed yet.
+struct ClientInput {
+    rd: TcpOwnedReadHalf,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ClientInput {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.pos == 0 && self.buf.len() == self.buf.capacity()
+    }
+
+    /// Moves pending bytes to the front when the free tail is short.
+    fn make_room(&mut self) {
+        if self.pos > 0 && self.buf.capacity() - self.buf.len() < self.buf.capacity() / 4 {
+            self.buf.copy_within(self.pos.., 0);
+            self.buf.truncate(self.buf.len() - self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Reads more bytes after the pending ones; `Ok(0)` is EOF.
+    async fn read_more(&mut self) -> io::Result<usize> {
+        self.make_room();
+        let buf = std::mem::take(&mut self.buf);
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (result, slice) = self.rd.read(buf.slice_mut(len..cap)).await;
+        self.buf = slice.into_inner();
+        result
+    }
+
+    /// As `read_more`, but cancellable without losing bytes: a cancelled read
+    /// returns `ECANCELED` with the buffer (and any bytes that raced in).
+    async fn read_more_cancelable(&mut self, cancel: CancelHandle) -> io::Result<usize> {
+        self.make_room();
+        let buf = std::mem::take(&mut self.buf);
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (result, slice) = self.rd.cancelable_read(buf.slice_mut(len..cap), cancel).await;
+        self.buf = slice.into_inner();
+        result
+    }
+}
+
+struct Connection {
+    input: ClientInput,
+    output: TcpOwnedWriteHalf,
+    client_ip: String,
+    /// The current request's id, sent upstream and returned to the client.
+    request_id: Vec<u8>,
+    /// The head to send upstream, kept whole so a safe request can be resent.
+    up_head: Vec<u8>,
+    /// Cancels this connection's idle read or client watch; replaced after use.
+    canceller: Canceller,
+    core: Rc<CoreContext>,
+}
+
+/// What is known of a request once its head is read and a backend picked.
+struct Plan {
+    framing: BodyFraming,
+    version: Version,
+    keep_alive: bool,
+    is_head: bool,
+    /// Safe to send again after a reused connection failed: idempotent and bodiless.
+    retryable: bool,
+    first_pick: Option<Rc<LocalBackend>>,
+    /// Length of the head in `up_head`, before any coalesced body bytes.
+    head_len: usize,
+}
+
+impl Plan {
+    fn has_body(&self) -> bool {
+        !matches!(self.framing, BodyFraming::None | BodyFraming::Length(0))
+    }
+}
+
+enum Prepared {
+    Ready(Plan),
+    Incomplete,
+    Refuse(u16, &'static str),
+}
+
+/// How an exchange ended.
+enum Outcome {
+    /// The response was relayed in full.
+    Relayed { keep_client: bool },
+    /// Nothing reached the client yet: answer with this status.
+    Failed { status: u16, message: &'static str, keep_client: bool },
+    /// The client is gone, or the response was cut after it started.
+    Abort,
+}
+
+impl Connection {
+    async fn run(&mut self) {
+        loop {
+            if self.input.pending().is_empty() && !self.wait_for_request().await {
+                return;
+            }
+            if !self.handle_request().await {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the first bytes of the next request; `false` to close.
+    async fn wait_for_request(&mut self) -> bool {
+        let idle_timeout = self.core.settings.idle_timeout;
+        if idle_timeout <= PARK_AFTER {
+            return matches!(monoio::time::timeout(idle_timeout, self.input.read_more()).await, Ok(Ok(n)) if n > 0);
+        }
+        let cancel = self.canceller.handle();
+        let result = {
+            let read = std::pin::pin!(self.input.read_more_cancelable(cancel));
+            let mut read = read;
+            monoio::select! {
+                biased;
+                result = &mut read => result,
+                _ = monoio::time::sleep(PARK_AFTER) => {
+                    self.canceller = std::mem::take(&mut self.canceller).cancel();
+                    read.await
+                }
+            }
+        };
+        match result {
+            Ok(n) => n > 0,
+            Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => self.park(idle_timeout - PARK_AFTER).await,
+            Err(_) => false,
+        }
+    }
+
+    /// Idle: the pooled buffer goes back to the core, a small one waits for
+    /// the next request, whose bytes then move into a pooled buffer.
+    async fn park(&mut self, remaining: Duration) -> bool {
+        self.core.buffers.give(std::mem::take(&mut self.input.buf));
+        self.input.pos = 0;
+        self.up_head = Vec::new();
+        let small = Vec::with_capacity(PARKED_BUFFER);
+        let (result, small) = match monoio::time::timeout(remaining, self.input.rd.read(small)).await {
+            Ok(read) => read,
+            Err(_) => return false,
+        };
+        if !matches!(result, Ok(n) if n > 0) {
+            return false;
+        }
+        self.input.buf = self.core.buffers.take();
+        self.input.buf.extend_from_slice(&small);
+        self.up_head = Vec::with_capacity(1024);
+        true
+    }
+
+    /// Reads, forwards and answers one request; `false` to close the connection.
+    async fn handle_request(&mut self) -> bool {
+        self.request_id.clear();
+        let mut head_deadline: Option<Instant> = None;
+        let plan = loop {
+            match self.prepare() {
+                Prepared::Ready(plan) => break plan,
+                Prepared::Refuse(status, message) => {
+                    self.core.plane.workers.core(self.core.core()).requests.add(1);
+                    self.respond_local(status, message, true).await;
+                    return false;
+                }
+                Prepared::Incomplete => {}
+            }
+            if self.input.is_full() {
+                self.respond_local(431, "request head too large", true).await;
+                return false;
+            }
+            let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + self.core.settings.request_head_timeout);
+            match monoio::time::timeout_at(deadline.into(), self.input.read_more()).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return false,
+                Err(_) => {
+                    self.respond_local(408, "request head not received in time", true).await;
+                    return false;
+                }
+            }
+        };
+        self.core.plane.workers.core(self.core.core()).requests.add(1);
+        match self.exchange(&plan).await {
+            Outcome::Relayed { keep_client } => keep_client,
+            Outcome::Failed { status, message, keep_client } => {
+                self.respond_local(status, message, !keep_client).await && keep_client
+            }
+            Outcome::Abort => false,
+        }
+    }
+
+    /// Parses the pending head, picks a first backend and writes the upstream
+    /// head. Synchronous: the parsed head borrows the input buffer.
+    fn prepare(&mut self) -> Prepared {
+        let mut headers = EMPTY_HEADERS;
+        let head = match request::parse(self.input.pending(), &mut headers) {
+            Ok(Some(head)) => head,
+            Ok(None) => return Prepared::Incomplete,
+            Err(error) => return Prepared::Refuse(error.status(), refusal_message(error)),
+        };
+        self.request_id.clear();
+        match rewrite::find_request_id(head.headers) {
+            Some(id) => self.request_id.extend_from_slice(id),
+            None => generate_request_id(&mut self.request_id, &self.core),
+        }
+        let first_pick = self.core.pool.pick(&[], Instant::now());
+        let backend_authority = first_pick.as_ref().map_or(&b"localhost"[..], |b| &b.backend.authority);
+        self.up_head.clear();
+        let fields = ForwardFields { client_ip: self.client_ip.as_bytes(), request_id: &self.request_id, backend_authority };
+        rewrite::write_request_head(&mut self.up_head, &head, &fields);
+        let plan = Plan {
+            framing: head.framing,
+            version: head.version,
+            keep_alive: head.keep_alive,
+            is_head: head.is_head(),
+            retryable: head.is_idempotent() && matches!(head.framing, BodyFraming::None | BodyFraming::Length(0)),
+            first_pick,
+            head_len: self.up_head.len(),
+        };
+        let head_len = head.head_len;
+        self.input.consume(head_len);
+        Prepared::Ready(plan)
+    }
+
+    /// Sends a response percore generated; `false` if the client is gone.
+    async fn respond_local(&mut self, status: u16, message: &str, close: bool) -> bool {
+        if self.request_id.is_empty() {
+            generate_request_id(&mut self.request_id, &self.core);
+        }
+        let mut out = std::mem::take(&mut self.up_head);
+        out.clear();
+        rewrite::write_local_response(&mut out, status, message, &self.request_id, close);
+        let (result, out) = self.output.write_all(out).await;
+        self.up_head = out;
+        result.is_ok()
+    }
+
+    /// Forwards the request to backends until one answers or none is left.
+    async fn exchange(&mut self, plan: &Plan) -> Outcome {
+        let core = self.core.clone();
+        let mut tried = [0 as BackendId; MAX_ATTEMPTS];
+        let mut tried_count = 0;
+        let mut stale_retries = 0;
+        let mut next = plan.first_pick.clone();
+        loop {
+            let backend = match next.take().or_else(|| core.pool.pick(&tried[..tried_count], Instant::now())) {
+                Some(backend) => backend,
+                None if tried_count == 0 => {
+                    return Outcome::Failed { status: 503, message: "no backend available", keep_client: !plan.has_body() && plan.keep_alive };
+                }
+                None => {
+                    return Outcome::Failed { status: 502, message: "no backend could be reached", keep_client: !plan.has_body() && plan.keep_alive };
+                }
+            };
+            if tried_count == MAX_ATTEMPTS {
+                return Outcome::Failed { status: 502, message: "no backend could be reached", keep_client: false };
+            }
+            tried[tried_count] = backend.backend.id;
+            tried_count += 1;
+            let counters = backend.backend.counters.core(core.core());
+            let conn = match self.checkout(&backend, plan).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    counters.failures.add(1);
+                    backend.failed_until.set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
+                    tracing::debug!(backend = %backend.backend.url, %error, "connect failed; trying the next backend");
+                    continue;
+                }
+            };
+            counters.requests.add(1);
+            let _active = ActiveGuard::new(&counters.active);
+            match self.forward(plan, conn).await {
+                Forwarded::Done { keep_client, reusable } => {
+                    if let Some(conn) = reusable {
+                        backend.idle.put(conn, Instant::now(), core.settings.max_idle_per_backend);
+                    }
+                    return Outcome::Relayed { keep_client };
+                }
+                Forwarded::Stale if stale_retries < 2 => {
+                    // The backend closed a pooled connection before answering a
+                    // request that is safe to resend: its other idle connections
+                    // are likely stale too. Retry it on a fresh connection.
+                    stale_retries += 1;
+                    backend.idle.prune(Instant::now(), Duration::ZERO);
+                    tried_count -= 1;
+                    next = Some(backend.clone());
+                }
+                Forwarded::Stale => {
+                    counters.failures.add(1);
+                    return Outcome::Failed { status: 502, message: "backend closed the connection", keep_client: plan.keep_alive };
+                }
+                Forwarded::Failed { status, message, keep_client } => {
+                    counters.failures.add(1);
+                    tracing::debug!(backend = %backend.backend.url, status, message, "exchange failed");
+                    return Outcome::Failed { status, message, keep_client };
+                }
+                Forwarded::Abort => return Outcome::Abort,
+            }
+        }
+    }
+
+    /// An idle pooled connection (checked for staleness when the request
+    /// could not be resent), or a new one.
+    async fn checkout(&self, backend: &LocalBackend, plan: &Plan) -> Result<UpstreamConn, upstream::ConnectError> {
+        let settings = &self.core.settings;
+        let now = Instant::now();
+        while let Some(conn) = backend.idle.take(now, settings.upstream_idle_timeout) {
+            if plan.retryable || !conn.is_stale() {
+                return Ok(conn);
+            }
+        }
+        let conn = upstream::connect(backend.backend.addr, settings.connect_timeout).await?;
+        backend.failed_until.set(None);
+        Ok(conn)
+    }
+
+    /// One exchange on one upstream connection: upload and download run
+    /// concurrently; the client is watched while a slow backend thinks.
+    async fn forward(&mut self, plan: &Plan, mut conn: UpstreamConn) -> Forwarded {
+        let core = self.core.clone();
+        let settings = core.settings;
+        let phase = Cell::new(UploadPhase::Body);
+        let response_started = Cell::new(false);
+        let watch = self.canceller.handle();
+        let mut response_buf = core.buffers.take();
+        let mut scratch = core.buffers.take();
+
+        let (download_result, upload_complete) = {
+            let Connection { input, output, up_head, request_id, canceller, .. } = &mut *self;
+            let upload = upload(input, &mut conn.wr, up_head, plan, &phase, watch, &settings);
+            let download = download(
+                &mut conn.rd,
+                output,
+                DownloadBuffers { response: &mut response_buf, scratch: &mut scratch },
+                plan,
+                request_id,
+                &phase,
+                &response_started,
+                &settings,
+            );
+            let mut upload = std::pin::pin!(upload);
+            let mut download = std::pin::pin!(download);
+            let mut upload_result: Option<Result<(), UploadError>> = None;
+            let download_result = loop {
+                monoio::select! {
+                    biased;
+                    result = &mut download => break result,
+                    result = &mut upload, if upload_result.is_none() => {
+                        match result {
+                            Err(UploadError::ClientGone) => return Forwarded::Abort,
+                            Err(UploadError::BadChunked) if response_started.get() => return Forwarded::Abort,
+                            Err(UploadError::BadChunked) => {
+                                return Forwarded::Failed { status: 400, message: "malformed chunked request body", keep_client: false };
+                            }
+                            Err(UploadError::ClientTimeout) if response_started.get() => return Forwarded::Abort,
+                            Err(UploadError::ClientTimeout) => {
+                                return Forwarded::Failed { status: 408, message: "request body not received in time", keep_client: false };
+                            }
+                            // The backend stopped reading: its answer (or close) comes on the download side.
+                            Err(UploadError::UpstreamWrite) | Ok(()) => {}
+                        }
+                        upload_result = Some(result);
+                    }
+                }
+            };
+
+            // The response is done (or failed). Settle the upload side.
+            let upload_complete = match upload_result {
+                Some(Ok(())) => true,
+                Some(Err(_)) => false,
+                None => match phase.get() {
+                    // Still sending the body: the rest of it stays unread, so the
+                    // client connection cannot be reused.
+                    UploadPhase::Body => false,
+                    UploadPhase::Sleeping => true,
+                    UploadPhase::Watching => {
+                        *canceller = std::mem::take(canceller).cancel();
+                        matches!(upload.as_mut().await, Ok(()))
+                    }
+                },
+            };
+            (download_result, upload_complete)
+        };
+        core.buffers.give(response_buf);
+        core.buffers.give(scratch);
+
+        match download_result {
+            Ok(relayed) => {
+                let reusable = (relayed.upstream_reusable && upload_complete).then_some(conn);
+                Forwarded::Done { keep_client: relayed.keep_client && upload_complete, reusable }
+            }
+            Err(error) if response_started.get() => {
+                tracing::debug!(%error, "response cut after it started; aborting the client connection");
+                Forwarded::Abort
+            }
+            Err(DownloadError::Closed) if conn.reused && plan.retryable => Forwarded::Stale,
+            Err(error) => Forwarded::Failed {
+                status: error.status(),
+                message: error.message(),
+                keep_client: upload_complete && plan.keep_alive && self.input.buf.capacity() > 0,
+            },
+        }
+    }
+}
+
+fn refusal_message(error: request::RequestError) -> &'static str {
+    use request::RequestError::*;
+    match error {
+        HeadTooLarge => "request head too large",
+        TooManyHeaders => "too many header fields",
+        RequestLine => "malformed request line",
+        Version => "HTTP version not supported",
+        HeaderField => "malformed header field",
+        BareLf => "bare LF in request head; lines must end with CRLF",
+        MissingHost => "missing Host header",
+        DuplicateHost => "more than one Host header",
+        LengthAndTransferEncoding => "both Content-Length and Transfer-Encoding",
+        BadContentLength => "malformed or conflicting Content-Length",
+        TransferEncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+        NotFinallyChunked => "Transfer-Encoding must end with a single chunked",
+        UnsupportedTransferCoding => "transfer coding not supported",
+        TooManyConnectionOptions => "too many Connection options",
+        MethodNotSupported => "method not supported by this proxy",
+        BadTarget => "malformed request target",
+    }
+}
+
+/// A request id unique within this process run: start-time prefix, core, sequence.
+fn generate_request_id(out: &mut Vec<u8>, core: &CoreContext) {
+    let seq = core.request_seq.get();
+    core.request_seq.set(seq + 1);
+    push_hex(out, u64::from(core.request_id_prefix), 8);
+    out.push(b'-');
+    push_hex(out, core.core() as u64, 1);
+    out.push(b'-');
+    push_hex(out, seq, 1);
+}
+
+fn push_hex(out: &mut Vec<u8>, value: u64, min_digits: usize) {
+    let digits = (16 - value.leading_zeros() as usize / 4).max(min_digits).max(1);
+    for shift in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[((value >> (shift * 4)) & 0xf) as usize]);
+    }
+}
+
+enum Forwarded {
+    Done { keep_client: bool, reusable: Option<UpstreamConn> },
+    /// A reused connection closed before any response byte; safe to resend.
+    Stale,
+    Failed { status: u16, message: &'static str, keep_client: bool },
+    Abort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadPhase {
+    /// Sending the head and body: an I/O operation owns the client buffer.
+    Body,
+    /// Body sent; waiting before watching the client. Safe to drop.
+    Sleeping,
+    /// A cancellable read watches the client: cancel, then await it.
+    Watching,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadError {
+    ClientGone,
+    ClientTimeout,
+    BadChunked,
+    UpstreamWrite,
+}
+
+/// Sends the head and the request body upstream, then watches the client.
+async fn upload(
+    input: &mut ClientInput,
+    wr: &mut TcpOwnedWriteHalf,
+    up_head: &mut Vec<u8>,
+    plan: &Plan,
+    phase: &Cell<UploadPhase>,
+    watch: CancelHandle,
+    settings: &ProxySettings,
+) -> Result<(), UploadError> {
+    up_head.truncate(plan.head_len);
+    match plan.framing {
+        BodyFraming::None | BodyFraming::Length(0) => write_upstream(wr, up_head).await?,
+        BodyFraming::Length(length) => {
+            // Coalesce the body bytes already read with the head: one write.
+            let mut remaining = length;
+            let take = input.pending().len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            up_head.extend_from_slice(&input.pending()[..take]);
+            input.consume(take);
+            remaining -= take as u64;
+            write_upstream(wr, up_head).await?;
+            while remaining > 0 {
+                read_body(input, settings).await?;
+                let take = input.pending().len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let buf = std::mem::take(&mut input.buf);
+                let start = input.pos;
+                let (result, slice) = wr.write_all(buf.slice(start..start + take)).await;
+                input.buf = slice.into_inner();
+                result.map_err(|_| UploadError::UpstreamWrite)?;
+                input.consume(take);
+                remaining -= take as u64;
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                decode_into(&mut decoder, input, up_head).map_err(|_| UploadError::BadChunked)?;
+                if !up_head.is_empty() {
+                    write_upstream(wr, up_head).await?;
+                    up_head.clear();
+                }
+                if decoder.is_done() {
+                    break;
+                }
+                read_body(input, settings).await?;
+            }
+        }
+    }
+
+    phase.set(UploadPhase::Sleeping);
+    monoio::time::sleep(WATCH_AFTER).await;
+    if input.buf.len() == input.buf.capacity() {
+        // Pipelined requests fill the buffer: the client is evidently there.
+        return Ok(());
+    }
+    phase.set(UploadPhase::Watching);
+    let result = input.read_more_cancelable(watch).await;
+    phase.set(UploadPhase::Sleeping);
+    match result {
+        Ok(0) => Err(UploadError::ClientGone),
+        Ok(_) => Ok(()),
+        Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => Ok(()),
+        Err(_) => Err(UploadError::ClientGone),
+    }
+}
+
+async fn write_upstream(wr: &mut TcpOwnedWriteHalf, buf: &mut Vec<u8>) -> Result<(), UploadError> {
+    let (result, written) = wr.write_all(std::mem::take(buf)).await;
+    *buf = written;
+    result.map(drop).map_err(|_| UploadError::UpstreamWrite)
+}
+
+/// Reads more of the request body; EOF mid-body means the client left.
+async fn read_body(input: &mut ClientInput, settings: &ProxySettings) -> Result<(), UploadError> {
+    match monoio::time::timeout(settings.idle_timeout, input.read_more()).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(UploadError::ClientGone),
+        Err(_) => Err(UploadError::ClientTimeout),
+    }
+}
+
+/// Decodes the pending chunked bytes into canonical chunks appended to `out`.
+fn decode_into(decoder: &mut ChunkedDecoder, input: &mut ClientInput, out: &mut Vec<u8>) -> Result<(), crate::http1::ChunkedError> {
+    let mut consumed = 0;
+    let pending = input.pending();
+    while consumed < pending.len() && !decoder.is_done() {
+        let step = decoder.step(&pending[consumed..])?;
+        if !step.data.is_empty() {
+            write_chunk_size(out, step.data.len());
+            out.extend_from_slice(&pending[consumed..][step.data]);
+            out.extend_from_slice(b"\r\n");
+        }
+        consumed += step.consumed;
+    }
+    if decoder.is_done() {
+        out.extend_from_slice(LAST_CHUNK);
+    }
+    input.consume(consumed);
+    Ok(())
+}
+
+struct DownloadBuffers<'a> {
+    /// Bytes read from the backend.
+    response: &'a mut Vec<u8>,
+    /// What is written to the client: heads, coalesced and re-chunked bodies.
+    scratch: &'a mut Vec<u8>,
+}
+
+struct Relayed {
+    upstream_reusable: bool,
+    keep_client: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DownloadError {
+    #[error("backend did not answer in time")]
+    Timeout,
+    #[error("backend closed the connection")]
+    Closed,
+    #[error("backend connection failed: {0}")]
+    Io(io::Error),
+    #[error(transparent)]
+    Head(#[from] response::ResponseError),
+    #[error("malformed chunked response body")]
+    BadChunked,
+    #[error("client connection failed")]
+    Client,
+}
+
+impl DownloadError {
+    fn status(&self) -> u16 {
+        match self {
+            DownloadError::Timeout => 504,
+            _ => 502,
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            DownloadError::Timeout => "backend did not answer in time",
+            DownloadError::Closed | DownloadError::Io(_) => "backend closed the connection",
+            DownloadError::Head(_) | DownloadError::BadChunked => "backend sent an invalid response",
+            DownloadError::Client => "client connection failed",
+        }
+    }
+}
+
+/// Reads more from the backend into `buf` after its bytes; `Closed` at EOF.
+async fn read_upstream(rd: &mut TcpOwnedReadHalf, buf: &mut Vec<u8>, timeout: Duration) -> Result<usize, DownloadError> {
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let (result, slice) = match monoio::time::timeout(timeout, rd.read(owned.slice_mut(len..cap))).await {
+        Ok(read) => read,
+        Err(_) => return Err(DownloadError::Timeout),
+    };
+    *buf = slice.into_inner();
+    match result {
+        Ok(0) => Err(DownloadError::Closed),
+        Ok(n) => Ok(n),
+        Err(error) => Err(DownloadError::Io(error)),
+    }
+}
+
+async fn write_client(wr: &mut TcpOwnedWriteHalf, buf: &mut Vec<u8>, range: std::ops::Range<usize>) -> Result<(), DownloadError> {
+    let owned = std::mem::take(buf);
+    let (result, slice) = wr.write_all(owned.slice(range)).await;
+    *buf = slice.into_inner();
+    result.map(drop).map_err(|_| DownloadError::Client)
+}
+
+/// Reads the response from the backend and relays it to the client.
+#[allow(clippy::too_many_arguments)]
+async fn download(
+    rd: &mut TcpOwnedReadHalf,
+    wr: &mut TcpOwnedWriteHalf,
+    bufs: DownloadBuffers<'_>,
+    plan: &Plan,
+    request_id: &[u8],
+    phase: &Cell<UploadPhase>,
+    response_started: &Cell<bool>,
+    settings: &ProxySettings,
+) -> Result<Relayed, DownloadError> {
+    let DownloadBuffers { response: buf, scratch } = bufs;
+    let mut interim = 0;
+    let (framing, head_len, client_body, upstream_keep_alive, keep_client) = loop {
+        // Read until a whole head is buffered.
+        let parsed = loop {
+            if !buf.is_empty() {
+                let mut headers = EMPTY_HEADERS;
+                if let Some(head) = response::parse(buf, &mut headers, plan.is_head)? {
+                    let client_body = match head.framing {
+                        ResponseFraming::None => ClientBody::None,
+                        ResponseFraming::Length(n) => ClientBody::Length(n),
+                        ResponseFraming::Chunked if plan.version == Version::Http11 => ClientBody::Chunked,
+                        ResponseFraming::Chunked | ResponseFraming::UntilClose => ClientBody::UntilClose,
+                    };
+                    let keep_client = plan.keep_alive && client_body != ClientBody::UntilClose && phase.get() != UploadPhase::Body;
+                    scratch.clear();
+                    rewrite::write_response_head(scratch, &head, request_id, client_body, plan.version, !keep_client);
+                    break (head.is_interim(), head.framing, head.head_len, client_body, head.keep_alive, keep_client);
+                }
+            }
+            if buf.len() == buf.capacity() {
+                return Err(response::ResponseError::HeadTooLarge.into());
+            }
+            read_upstream(rd, buf, settings.response_timeout).await?;
+        };
+        let (is_interim, framing, head_len, client_body, upstream_keep_alive, keep_client) = parsed;
+        if !is_interim {
+            break (framing, head_len, client_body, upstream_keep_alive, keep_client);
+        }
+        interim += 1;
+        if interim > MAX_INTERIM {
+            return Err(response::ResponseError::Malformed.into());
+        }
+        // 1xx go to HTTP/1.1 clients only (RFC 9110 §15.2).
+        if plan.version == Version::Http11 {
+            response_started.set(true);
+            let len = scratch.len();
+            write_client(wr, scratch, 0..len).await?;
+        }
+        buf.drain(..head_len);
+    };
+
+    response_started.set(true);
+    let mut clean = true;
+    match framing {
+        ResponseFraming::None => {
+            clean = buf.len() == head_len;
+            let len = scratch.len();
+            write_client(wr, scratch, 0..len).await?;
+        }
+        ResponseFraming::Length(length) => {
+            // The head and the first body bytes go out in one write.
+            let available = buf.len() - head_len;
+            let take = available.min(usize::try_from(length).unwrap_or(usize::MAX));
+            clean = available <= take;
+            scratch.extend_from_slice(&buf[head_len..head_len + take]);
+            let mut remaining = length - take as u64;
+            let len = scratch.len();
+            write_client(wr, scratch, 0..len).await?;
+            while remaining > 0 {
+                buf.clear();
+                let n = read_upstream(rd, buf, settings.response_timeout).await?;
+                let take = n.min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                clean = n <= take;
+                write_client(wr, buf, 0..take).await?;
+                remaining -= take as u64;
+            }
+        }
+        ResponseFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let chunked_out = client_body == ClientBody::Chunked;
+            let mut start = head_len;
+            loop {
+                let mut consumed = start;
+                while consumed < buf.len() && !decoder.is_done() {
+                    let step = decoder.step(&buf[consumed..]).map_err(|_| DownloadError::BadChunked)?;
+                    let data = &buf[consumed..][step.data];
+                    if !data.is_empty() {
+                        if chunked_out {
+                            write_chunk_size(scratch, data.len());
+                        }
+                        scratch.extend_from_slice(data);
+                        if chunked_out {
+                            scratch.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    consumed += step.consumed;
+                }
+                if decoder.is_done() {
+                    clean = consumed == buf.len();
+                    if chunked_out {
+                        scratch.extend_from_slice(LAST_CHUNK);
+                    }
+                }
+                if !scratch.is_empty() {
+                    let len = scratch.len();
+                    write_client(wr, scratch, 0..len).await?;
+                    scratch.clear();
+                }
+                if decoder.is_done() {
+                    break;
+                }
+                buf.clear();
+                start = 0;
+                read_upstream(rd, buf, settings.response_timeout).await?;
+            }
+        }
+        ResponseFraming::UntilClose => {
+            scratch.extend_from_slice(&buf[head_len..]);
+            let len = scratch.len();
+            write_client(wr, scratch, 0..len).await?;
+            loop {
+                buf.clear();
+                match read_upstream(rd, buf, settings.response_timeout).await {
+                    Ok(n) => write_client(wr, buf, 0..n).await?,
+                    Err(DownloadError::Closed) => break,
+                    Err(error) => return Err(error),
+                }
+            }
+            clean = false;
+        }
+    }
+    Ok(Relayed { upstream_reusable: upstream_keep_alive && clean, keep_client })
+}

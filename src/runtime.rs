@@ -1,0 +1,89 @@
+//! Building a monoio runtime on the chosen driver: io_uring with the ring
+//! flags that measured fastest here (COOP_TASKRUN, SINGLE_ISSUER,
+//! DEFER_TASKRUN: about half the kernel time of monoio's default set-up, see
+//! `shared/perf-notes.md`), plain io_uring where the kernel refuses those
+//! flags, and monoio's epoll driver where io_uring is unavailable altogether
+//! (old kernels, seccomp in containers).
+
+use std::future::Future;
+use std::io;
+
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use crate::config::DriverChoice;
+
+/// Submission queue entries per ring; completions in flight are not bounded by it.
+const RING_ENTRIES: u32 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring with COOP_TASKRUN + SINGLE_ISSUER + DEFER_TASKRUN.
+    UringTuned,
+    /// io_uring with monoio's default ring set-up.
+    Uring,
+    Epoll,
+}
+
+impl DriverKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::UringTuned => "io_uring (coop_taskrun, single_issuer, defer_taskrun)",
+            DriverKind::Uring => "io_uring (default ring set-up)",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("io_uring driver requested but unavailable: {0}")]
+pub struct UringUnavailable(io::Error);
+
+fn tuned_builder() -> io_uring::Builder {
+    let mut builder = io_uring::IoUring::builder();
+    builder.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+    builder
+}
+
+/// Finds the best driver this kernel allows for `choice`, by building a
+/// small ring of each kind.
+pub fn probe(choice: DriverChoice) -> Result<DriverKind, UringUnavailable> {
+    if choice == DriverChoice::Epoll {
+        return Ok(DriverKind::Epoll);
+    }
+    if tuned_builder().build(8).is_ok() {
+        return Ok(DriverKind::UringTuned);
+    }
+    match io_uring::IoUring::new(8) {
+        Ok(_) => Ok(DriverKind::Uring),
+        Err(error) if choice == DriverChoice::Uring => Err(UringUnavailable(error)),
+        Err(error) => {
+            tracing::warn!(%error, "io_uring is unavailable; falling back to the epoll driver");
+            Ok(DriverKind::Epoll)
+        }
+    }
+}
+
+/// Runs `make()`'s future to completion on a new runtime of `kind`, on the
+/// calling thread (the ring must be created by the thread that uses it).
+pub fn block_on<F, Fut>(kind: DriverKind, make: F) -> io::Result<Fut::Output>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    match kind {
+        DriverKind::UringTuned | DriverKind::Uring => {
+            let mut builder = RuntimeBuilder::<IoUringDriver>::new().with_entries(RING_ENTRIES);
+            if kind == DriverKind::UringTuned {
+                builder = builder.uring_builder(tuned_builder());
+            }
+            let mut runtime: monoio::Runtime<TimeDriver<IoUringDriver>> = builder.enable_timer().build()?;
+            Ok(runtime.block_on(make()))
+        }
+        DriverKind::Epoll => {
+            let mut runtime: monoio::Runtime<TimeDriver<LegacyDriver>> =
+                RuntimeBuilder::<LegacyDriver>::new().with_entries(RING_ENTRIES).enable_timer().build()?;
+            Ok(runtime.block_on(make()))
+        }
+    }
+}

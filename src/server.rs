@@ -1,0 +1,143 @@
+//! The whole topology in one process: control plane, worker cores, admin
+//! listener and, when no backend is configured, the three seed mock
+//! backends. `Server::start` returns once everything listens, so tests and
+//! benches drive exactly what `percore` runs.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::mock_backend::{MockBackend, MockConfig};
+use crate::pool::{ControlPlane, PoolError};
+use crate::runtime::{self, DriverKind, UringUnavailable};
+use crate::worker::{self, WorkerSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Driver(#[from] UringUnavailable),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot start mock backend on {addr}: {source}")]
+    MockBackend { addr: SocketAddr, source: io::Error },
+    #[error("backend {0}")]
+    Backend(#[from] PoolError),
+    #[error("cannot start a thread: {0}")]
+    Thread(io::Error),
+}
+
+pub struct Server {
+    plane: Arc<ControlPlane>,
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    driver: DriverKind,
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    mocks: Vec<MockBackend>,
+}
+
+impl Server {
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        config.validate()?;
+        let driver = runtime::probe(config.driver)?;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        if cores.is_empty() {
+            tracing::warn!("cannot read this process's CPU affinity; workers run unpinned");
+        }
+        let workers = config.workers.unwrap_or(cores.len().max(1));
+
+        let listeners = worker::bind_listeners(config.listen, workers).map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let proxy_addr = listeners[0].local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let admin_listener = std::net::TcpListener::bind(config.admin).map_err(|source| StartError::Bind { addr: config.admin, source })?;
+        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.admin, source })?;
+
+        let mut mocks = Vec::new();
+        let mut backends = config.backends.clone();
+        if backends.is_empty() {
+            for &addr in &config.mock_backends {
+                let mock = MockBackend::start(MockConfig { driver, ..MockConfig::new(addr) })
+                    .map_err(|source| StartError::MockBackend { addr, source })?;
+                backends.push(mock.url());
+                mocks.push(mock);
+            }
+            tracing::info!(backends = ?backends, "no backend configured: started the mock backends");
+        }
+
+        let (plane, receivers) = ControlPlane::new(workers, config.strategy);
+        for url in &backends {
+            plane.add_backend(url, 1)?;
+        }
+
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let settings = config.proxy_settings();
+        let mut threads = Vec::new();
+        for (index, (listener, updates)) in listeners.into_iter().zip(receivers).enumerate() {
+            let core_id = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let spec = WorkerSpec { index, core_id, listener, updates, plane: plane.clone(), settings, driver, shutdown: shutdown.clone() };
+            threads.push(worker::spawn(spec).map_err(StartError::Thread)?);
+        }
+        threads.push(crate::admin::start(admin_listener, plane.clone(), driver, shutdown.clone()).map_err(StartError::Thread)?);
+
+        tracing::info!(
+            listen = %proxy_addr,
+            admin = %admin_addr,
+            workers,
+            driver = driver.name(),
+            strategy = %config.strategy,
+            "percore is serving"
+        );
+        Ok(Server { plane, proxy_addr, admin_addr, driver, shutdown, threads, mocks })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn driver(&self) -> DriverKind {
+        self.driver
+    }
+
+    /// The control plane: the pool, its versions and the workers' counters.
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.plane
+    }
+
+    /// The seed mock backends, when this server started them.
+    pub fn mock_backends(&self) -> &[MockBackend] {
+        &self.mocks
+    }
+
+    /// Blocks while the server runs.
+    pub fn wait(mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops accepting, closes every connection and joins the threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,148 @@
+//! Worker cores: one OS thread per core, pinned with core_affinity, each
+//! running its own monoio runtime with its own SO_REUSEPORT listener, its own
+//! view of the pool and its own buffers. Between requests each core applies
+//! the pool snapshots the control plane fanned out, and reports the version.
+
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Receiver;
+use monoio::io::Canceller;
+
+use crate::pool::{ControlPlane, LocalPool, PoolSnapshot};
+use crate::proxy::{serve_client, CoreContext, ProxySettings};
+use crate::runtime::{self, DriverKind};
+
+/// How often an idle core looks for pool updates and the shutdown flag.
+/// A busy core applies them just as promptly: this task runs between requests.
+const CONTROL_TICK: Duration = Duration::from_millis(5);
+/// How often idle upstream connections past their timeout are closed.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+pub struct WorkerSpec {
+    pub index: usize,
+    pub core_id: Option<core_affinity::CoreId>,
+    pub listener: TcpListener,
+    pub updates: Receiver<Arc<PoolSnapshot>>,
+    pub plane: Arc<ControlPlane>,
+    pub settings: ProxySettings,
+    pub driver: DriverKind,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Starts a worker thread.
+pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("percore-w{}", spec.index)).spawn(move || {
+        if let Some(core_id) = spec.core_id {
+            if !core_affinity::set_for_current(core_id) {
+                tracing::warn!(worker = spec.index, core = core_id.id, "could not pin worker to its core; running unpinned");
+            }
+        }
+        let index = spec.index;
+        let driver = spec.driver;
+        if let Err(error) = runtime::block_on(driver, move || run_core(spec)) {
+            tracing::error!(worker = index, %error, driver = driver.name(), "worker could not start its runtime");
+        }
+    })
+}
+
+async fn run_core(spec: WorkerSpec) {
+    let WorkerSpec { index, listener, updates, plane, settings, shutdown, .. } = spec;
+    let pool = LocalPool::new(index);
+    apply_updates(&pool, &updates, &plane);
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(worker = index, %error, "cannot register the listener");
+            return;
+        }
+    };
+    let core = CoreContext::new(pool.clone(), plane.clone(), settings);
+    let canceller = Canceller::new();
+    let stop_accepting = canceller.handle();
+    monoio::spawn(control_loop(pool, updates, plane, shutdown.clone(), canceller, settings.upstream_idle_timeout));
+
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        match listener.cancelable_accept(stop_accepting.clone()).await {
+            Ok((stream, peer)) => {
+                monoio::spawn(serve_client(stream, peer, core.clone()));
+            }
+            Err(_) if shutdown.load(Ordering::Acquire) => break,
+            Err(error) => {
+                // Out of file descriptors, mostly: say so (at most once a
+                // second) and back off briefly instead of spinning.
+                if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!(worker = index, %error, "accept failed");
+                    last_error_log = Some(Instant::now());
+                }
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Applies pool updates, prunes idle upstream connections, and stops the
+/// accept loop on shutdown.
+async fn control_loop(
+    pool: Rc<LocalPool>,
+    updates: Receiver<Arc<PoolSnapshot>>,
+    plane: Arc<ControlPlane>,
+    shutdown: Arc<AtomicBool>,
+    canceller: Canceller,
+    upstream_idle_timeout: Duration,
+) {
+    let mut last_prune = Instant::now();
+    loop {
+        monoio::time::sleep(CONTROL_TICK).await;
+        if shutdown.load(Ordering::Acquire) {
+            canceller.cancel();
+            return;
+        }
+        apply_updates(&pool, &updates, &plane);
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            pool.prune_idle(last_prune, upstream_idle_timeout);
+        }
+    }
+}
+
+/// Applies the newest pending snapshot and publishes the applied version.
+fn apply_updates(pool: &LocalPool, updates: &Receiver<Arc<PoolSnapshot>>, plane: &ControlPlane) {
+    if let Some(newest) = updates.try_iter().max_by_key(|snapshot| snapshot.version) {
+        pool.apply(&newest);
+    }
+    plane.workers.core(pool.core()).applied_version.set(pool.version());
+}
+
+/// Binds one listening socket per worker on `addr`, all with SO_REUSEPORT so
+/// the kernel spreads connections over the cores. Port 0 binds the first
+/// socket to a free port and the rest to the same one.
+pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        // SO_REUSEPORT would silently share a port another process of this
+        // user holds; a plain bind first makes "in use" an error.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(4096)?;
+        let listener: TcpListener = socket.into();
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
