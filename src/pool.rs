@@ -18,7 +18,7 @@ use crossbeam::channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::balance::{Balancer, Candidate, Strategy, StrategyKind};
+use crate::balance::{Balancer, Candidate, SharedCursor, Strategy, StrategyKind};
 use crate::metrics::{BackendCounters, PerCore, WorkerStats};
 use crate::upstream::IdleConnections;
 
@@ -118,6 +118,8 @@ pub struct ControlPlane {
     senders: Vec<Sender<Arc<PoolSnapshot>>>,
     pub workers: PerCore<WorkerStats>,
     pub started: Instant,
+    /// Round-robin's rotation, shared by the cores.
+    pub round_robin: SharedCursor,
 }
 
 impl ControlPlane {
@@ -129,6 +131,7 @@ impl ControlPlane {
             senders,
             workers: PerCore::new(cores),
             started: Instant::now(),
+            round_robin: SharedCursor::default(),
         };
         (Arc::new(plane), receivers)
     }
@@ -246,6 +249,7 @@ impl Candidate for Rc<LocalBackend> {
 /// One core's view of the pool, applied from snapshots.
 pub struct LocalPool {
     core: usize,
+    round_robin: SharedCursor,
     version: Cell<u64>,
     backends: RefCell<Vec<Rc<LocalBackend>>>,
     balancer: RefCell<Balancer>,
@@ -255,12 +259,13 @@ pub struct LocalPool {
 pub const MAX_ATTEMPTS: usize = 64;
 
 impl LocalPool {
-    pub fn new(core: usize) -> Rc<LocalPool> {
+    pub fn new(core: usize, round_robin: SharedCursor) -> Rc<LocalPool> {
         Rc::new(LocalPool {
             core,
             version: Cell::new(0),
             backends: RefCell::new(Vec::new()),
-            balancer: RefCell::new(Balancer::new(StrategyKind::default())),
+            balancer: RefCell::new(Balancer::new(StrategyKind::default(), &round_robin)),
+            round_robin,
         })
     }
 
@@ -294,7 +299,7 @@ impl LocalPool {
             backends.push(local);
         }
         if self.balancer.borrow().kind() != snapshot.strategy {
-            *self.balancer.borrow_mut() = Balancer::new(snapshot.strategy);
+            *self.balancer.borrow_mut() = Balancer::new(snapshot.strategy, &self.round_robin);
         }
         self.version.set(snapshot.version);
     }
@@ -352,7 +357,7 @@ mod tests {
         let (a, _) = plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
         let (b, v2) = plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
         assert_eq!(plane.add_backend("http://127.0.0.1:9002", 1).unwrap_err(), PoolError::Duplicate("http://127.0.0.1:9002".into()));
-        let local = LocalPool::new(0);
+        let local = LocalPool::new(0, plane.round_robin.clone());
         let snapshots: Vec<_> = receivers[0].try_iter().collect();
         assert_eq!(snapshots.len(), 2);
         local.apply(&snapshots[1]);
@@ -379,7 +384,7 @@ mod tests {
         let (plane, receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
         plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
         plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
-        let local = LocalPool::new(0);
+        let local = LocalPool::new(0, plane.round_robin.clone());
         local.apply(&receivers[0].try_iter().last().unwrap());
         let now = Instant::now();
         let first = local.pick(&[], now).unwrap();

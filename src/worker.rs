@@ -52,7 +52,7 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
 
 async fn run_core(spec: WorkerSpec) {
     let WorkerSpec { index, listener, updates, plane, settings, shutdown, .. } = spec;
-    let pool = LocalPool::new(index);
+    let pool = LocalPool::new(index, plane.round_robin.clone());
     apply_updates(&pool, &updates, &plane);
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,

@@ -2,13 +2,14 @@
 //! through `Balancer`. A strategy only orders candidates: the caller's
 //! `eligible` predicate skips backends that are down, draining or already
 //! tried, so strategies never know about health (as pingora's `BackendIter`).
-//! Strategy state (cursors) lives per core, in `Cell`s.
+//! Strategy state lives per core, in `Cell`s, except round-robin's rotation
+//! (see `round_robin.rs` for why).
 
 mod least_connections;
 mod round_robin;
 
 pub use least_connections::LeastConnections;
-pub use round_robin::RoundRobin;
+pub use round_robin::{RoundRobin, SharedCursor};
 
 use serde::{Deserialize, Serialize};
 
@@ -74,9 +75,9 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    pub fn new(kind: StrategyKind) -> Balancer {
+    pub fn new(kind: StrategyKind, cursor: &SharedCursor) -> Balancer {
         match kind {
-            StrategyKind::RoundRobin => Balancer::RoundRobin(RoundRobin::default()),
+            StrategyKind::RoundRobin => Balancer::RoundRobin(RoundRobin::new(cursor.clone())),
             StrategyKind::LeastConnections => Balancer::LeastConnections(LeastConnections::default()),
         }
     }

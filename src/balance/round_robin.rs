@@ -1,14 +1,32 @@
 //! Round-robin: each pick starts one past the previous start, and the first
 //! eligible backend from there wins, so a down backend's share spreads over
 //! the ones after it.
+//!
+//! The cursor is shared by all cores (one relaxed `fetch_add` per request on
+//! its own cache line), unlike the other strategies' per-core state: with
+//! per-core cursors, consecutive connections that the kernel hands to
+//! different cores can hit the same backend, and users read round-robin as
+//! "the backends in turn" across the whole proxy, as HAProxy does it.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam::utils::CachePadded;
 
 use super::{Candidate, Strategy};
 
+/// The rotation shared by every core's `RoundRobin`.
+pub type SharedCursor = Arc<CachePadded<AtomicUsize>>;
+
 #[derive(Default)]
 pub struct RoundRobin {
-    cursor: Cell<usize>,
+    cursor: SharedCursor,
+}
+
+impl RoundRobin {
+    pub fn new(cursor: SharedCursor) -> Self {
+        RoundRobin { cursor }
+    }
 }
 
 impl Strategy for RoundRobin {
@@ -18,8 +36,7 @@ impl Strategy for RoundRobin {
         if count == 0 {
             return None;
         }
-        let start = self.cursor.get() % count;
-        self.cursor.set(start + 1);
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % count;
         (0..count).map(|offset| (start + offset) % count).find(|&index| eligible(index))
     }
 }
