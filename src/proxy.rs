@@ -68,7 +68,7 @@ impl Default for ProxySettings {
 /// pool and waits with a small one, so that thousands of idle keep-alive
 /// connections cost little memory. Busy connections never reach it.
 const PARK_AFTER: Duration = Duration::from_secs(1);
-const PARKED_BUFFER: usize = 512;
+const PARKED_BUFFER: usize = 256;
 
 /// While a slow backend thinks, the client connection is watched for a close
 /// (so the exchange is abandoned at once). Watching costs a cancelled read, so
@@ -96,7 +96,7 @@ impl CoreContext {
     pub fn new(pool: Rc<LocalPool>, plane: Arc<ControlPlane>, settings: ProxySettings) -> Rc<CoreContext> {
         let started = plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
         Rc::new(CoreContext {
-            buffers: BufferPool::new(settings.buffer_size, 1024),
+            buffers: BufferPool::new(settings.buffer_size, 256),
             pool,
             plane,
             settings,
@@ -116,22 +116,73 @@ fn unix_seconds() -> u32 {
 
 /// Serves one client connection until it closes, fails or times out.
 pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreContext>) {
-    let worker = core.plane.workers.core(core.core());
-    let _open = ActiveGuard::new(&worker.active_connections);
     // Heads and small bodies are written whole; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let mut conn = Connection {
+    core.plane.workers.core(core.core()).active_connections.add(1);
+    let conn = Connection {
         input: ClientInput { rd, buf: core.buffers.take(), pos: 0 },
         output: wr,
-        client_ip: peer.ip().to_canonical().to_string(),
+        client_ip: peer.ip().to_canonical().to_string().into_boxed_str(),
         request_id: Vec::with_capacity(64),
         up_head: Vec::with_capacity(1024),
         canceller: Canceller::new(),
-        core: core.clone(),
+        core,
     };
-    conn.run().await;
+    serve(conn).await;
+}
+
+/// Serves requests until the connection closes, or idles long enough to be
+/// parked: then this (large) task ends and a small one waits for the next
+/// request, so idle keep-alive connections hold little memory.
+async fn serve(mut conn: Connection) {
+    loop {
+        if conn.input.pending().is_empty() {
+            match conn.wait_for_request().await {
+                Wait::Data => {}
+                Wait::Closed => return,
+                Wait::Park => {
+                    monoio::spawn(park(conn));
+                    return;
+                }
+            }
+        }
+        if !conn.handle_request().await {
+            return;
+        }
+    }
+}
+
+/// A parked connection: no pooled buffer, a small read waits for the next
+/// request (or the rest of the idle timeout), then a serving task resumes.
+async fn park(mut conn: Connection) {
+    let core = conn.core.clone();
     core.buffers.give(std::mem::take(&mut conn.input.buf));
+    conn.input.pos = 0;
+    conn.up_head = Vec::new();
+    conn.request_id = Vec::new();
+    let remaining = core.settings.idle_timeout.saturating_sub(PARK_AFTER);
+    let small = Vec::with_capacity(PARKED_BUFFER);
+    let (result, small) = match monoio::time::timeout(remaining, conn.input.rd.read(small)).await {
+        Ok(read) => read,
+        Err(_) => return,
+    };
+    if !matches!(result, Ok(n) if n > 0) {
+        return;
+    }
+    conn.input.buf = core.buffers.take();
+    conn.input.buf.extend_from_slice(&small);
+    conn.up_head = Vec::with_capacity(1024);
+    conn.request_id = Vec::with_capacity(64);
+    // Boxed to break the type cycle serve -> park -> serve; once per wake-up.
+    let resumed: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = Box::pin(serve(conn));
+    monoio::spawn(resumed);
+}
+
+enum Wait {
+    Data,
+    Closed,
+    Park,
 }
 
 /// Bytes read from the client; `buf[pos..]` is not consumed yet.
@@ -192,7 +243,7 @@ impl ClientInput {
 struct Connection {
     input: ClientInput,
     output: TcpOwnedWriteHalf,
-    client_ip: String,
+    client_ip: Box<str>,
     /// The current request's id, sent upstream and returned to the client.
     request_id: Vec<u8>,
     /// The head to send upstream, kept whole so a safe request can be resent.
@@ -200,6 +251,13 @@ struct Connection {
     /// Cancels this connection's idle read or client watch; replaced after use.
     canceller: Canceller,
     core: Rc<CoreContext>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.core.buffers.give(std::mem::take(&mut self.input.buf));
+        self.core.plane.workers.core(self.core.core()).active_connections.sub(1);
+    }
 }
 
 /// What is known of a request once its head is read and a backend picked.
@@ -238,22 +296,14 @@ enum Outcome {
 }
 
 impl Connection {
-    async fn run(&mut self) {
-        loop {
-            if self.input.pending().is_empty() && !self.wait_for_request().await {
-                return;
-            }
-            if !self.handle_request().await {
-                return;
-            }
-        }
-    }
-
-    /// Waits for the first bytes of the next request; `false` to close.
-    async fn wait_for_request(&mut self) -> bool {
+    /// Waits for the first bytes of the next request.
+    async fn wait_for_request(&mut self) -> Wait {
         let idle_timeout = self.core.settings.idle_timeout;
         if idle_timeout <= PARK_AFTER {
-            return matches!(monoio::time::timeout(idle_timeout, self.input.read_more()).await, Ok(Ok(n)) if n > 0);
+            return match monoio::time::timeout(idle_timeout, self.input.read_more()).await {
+                Ok(Ok(n)) if n > 0 => Wait::Data,
+                _ => Wait::Closed,
+            };
         }
         let cancel = self.canceller.handle();
         let result = {
@@ -269,30 +319,10 @@ impl Connection {
             }
         };
         match result {
-            Ok(n) => n > 0,
-            Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => self.park(idle_timeout - PARK_AFTER).await,
-            Err(_) => false,
+            Ok(n) if n > 0 => Wait::Data,
+            Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => Wait::Park,
+            _ => Wait::Closed,
         }
-    }
-
-    /// Idle: the pooled buffer goes back to the core, a small one waits for
-    /// the next request, whose bytes then move into a pooled buffer.
-    async fn park(&mut self, remaining: Duration) -> bool {
-        self.core.buffers.give(std::mem::take(&mut self.input.buf));
-        self.input.pos = 0;
-        self.up_head = Vec::new();
-        let small = Vec::with_capacity(PARKED_BUFFER);
-        let (result, small) = match monoio::time::timeout(remaining, self.input.rd.read(small)).await {
-            Ok(read) => read,
-            Err(_) => return false,
-        };
-        if !matches!(result, Ok(n) if n > 0) {
-            return false;
-        }
-        self.input.buf = self.core.buffers.take();
-        self.input.buf.extend_from_slice(&small);
-        self.up_head = Vec::with_capacity(1024);
-        true
     }
 
     /// Reads, forwards and answers one request; `false` to close the connection.
@@ -463,22 +493,22 @@ impl Connection {
     async fn forward(&mut self, plan: &Plan, mut conn: UpstreamConn) -> Forwarded {
         let core = self.core.clone();
         let settings = core.settings;
-        let phase = Cell::new(UploadPhase::Body);
+        let progress = UploadProgress { phase: Cell::new(UploadPhase::Sending), request_read: Cell::new(!plan.has_body()) };
         let response_started = Cell::new(false);
         let watch = self.canceller.handle();
         let mut response_buf = core.buffers.take();
         let mut scratch = core.buffers.take();
 
-        let (download_result, upload_complete) = {
+        let (download_result, upload_sent, client_reusable) = {
             let Connection { input, output, up_head, request_id, canceller, .. } = &mut *self;
-            let upload = upload(input, &mut conn.wr, up_head, plan, &phase, watch, &settings);
+            let upload = upload(input, &mut conn.wr, up_head, plan, &progress, watch, &settings);
             let download = download(
                 &mut conn.rd,
                 output,
                 DownloadBuffers { response: &mut response_buf, scratch: &mut scratch },
                 plan,
                 request_id,
-                &phase,
+                &progress,
                 &response_started,
                 &settings,
             );
@@ -508,30 +538,34 @@ impl Connection {
                 }
             };
 
-            // The response is done (or failed). Settle the upload side.
-            let upload_complete = match upload_result {
-                Some(Ok(())) => true,
-                Some(Err(_)) => false,
-                None => match phase.get() {
-                    // Still sending the body: the rest of it stays unread, so the
-                    // client connection cannot be reused.
-                    UploadPhase::Body => false,
-                    UploadPhase::Sleeping => true,
+            // The response is done (or failed). Settle the upload side:
+            // `sent` = the whole request reached the backend (upstream reusable),
+            // `client_ok` = the client's input is intact at a message boundary.
+            let (sent, client_ok) = match upload_result {
+                Some(Ok(())) => (true, true),
+                Some(Err(_)) => (false, progress.request_read.get()),
+                None => match progress.phase.get() {
+                    UploadPhase::Sending => (false, progress.request_read.get()),
+                    // An operation owns the client buffer: dropping it loses
+                    // whatever it holds, so the client connection must close.
+                    UploadPhase::Reading => (false, false),
+                    UploadPhase::Sent => (true, true),
                     UploadPhase::Watching => {
                         *canceller = std::mem::take(canceller).cancel();
-                        matches!(upload.as_mut().await, Ok(()))
+                        let watched = upload.as_mut().await;
+                        (true, watched.is_ok())
                     }
                 },
             };
-            (download_result, upload_complete)
+            (download_result, sent, client_ok && progress.request_read.get())
         };
         core.buffers.give(response_buf);
         core.buffers.give(scratch);
 
         match download_result {
             Ok(relayed) => {
-                let reusable = (relayed.upstream_reusable && upload_complete).then_some(conn);
-                Forwarded::Done { keep_client: relayed.keep_client && upload_complete, reusable }
+                let reusable = (relayed.upstream_reusable && upload_sent).then_some(conn);
+                Forwarded::Done { keep_client: relayed.keep_client && client_reusable, reusable }
             }
             Err(error) if response_started.get() => {
                 tracing::debug!(%error, "response cut after it started; aborting the client connection");
@@ -541,7 +575,7 @@ impl Connection {
             Err(error) => Forwarded::Failed {
                 status: error.status(),
                 message: error.message(),
-                keep_client: upload_complete && plan.keep_alive && self.input.buf.capacity() > 0,
+                keep_client: client_reusable && plan.keep_alive,
             },
         }
     }
@@ -595,12 +629,24 @@ enum Forwarded {
     Abort,
 }
 
+/// Where the upload stands, read by the download side and by `forward`.
+struct UploadProgress {
+    phase: Cell<UploadPhase>,
+    /// The whole request body has been read from the client, so the client
+    /// connection is at a message boundary.
+    request_read: Cell<bool>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum UploadPhase {
-    /// Sending the head and body: an I/O operation owns the client buffer.
-    Body,
-    /// Body sent; waiting before watching the client. Safe to drop.
-    Sleeping,
+    /// Writing from `up_head` (head, coalesced or re-chunked body); the
+    /// client buffer is untouched. Safe to drop.
+    Sending,
+    /// An I/O operation owns the client buffer (reading the body, or
+    /// writing body bytes straight from it). Dropping loses the buffer.
+    Reading,
+    /// Everything sent; waiting before watching the client. Safe to drop.
+    Sent,
     /// A cancellable read watches the client: cancel, then await it.
     Watching,
 }
@@ -619,10 +665,11 @@ async fn upload(
     wr: &mut TcpOwnedWriteHalf,
     up_head: &mut Vec<u8>,
     plan: &Plan,
-    phase: &Cell<UploadPhase>,
+    progress: &UploadProgress,
     watch: CancelHandle,
     settings: &ProxySettings,
 ) -> Result<(), UploadError> {
+    let phase = &progress.phase;
     up_head.truncate(plan.head_len);
     match plan.framing {
         BodyFraming::None | BodyFraming::Length(0) => write_upstream(wr, up_head).await?,
@@ -633,10 +680,13 @@ async fn upload(
             up_head.extend_from_slice(&input.pending()[..take]);
             input.consume(take);
             remaining -= take as u64;
+            progress.request_read.set(remaining == 0);
             write_upstream(wr, up_head).await?;
             while remaining > 0 {
+                phase.set(UploadPhase::Reading);
                 read_body(input, settings).await?;
                 let take = input.pending().len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                progress.request_read.set(take as u64 == remaining);
                 let buf = std::mem::take(&mut input.buf);
                 let start = input.pos;
                 let (result, slice) = wr.write_all(buf.slice(start..start + take)).await;
@@ -650,19 +700,22 @@ async fn upload(
             let mut decoder = ChunkedDecoder::new();
             loop {
                 decode_into(&mut decoder, input, up_head).map_err(|_| UploadError::BadChunked)?;
+                progress.request_read.set(decoder.is_done());
                 if !up_head.is_empty() {
+                    phase.set(UploadPhase::Sending);
                     write_upstream(wr, up_head).await?;
                     up_head.clear();
                 }
                 if decoder.is_done() {
                     break;
                 }
+                phase.set(UploadPhase::Reading);
                 read_body(input, settings).await?;
             }
         }
     }
 
-    phase.set(UploadPhase::Sleeping);
+    phase.set(UploadPhase::Sent);
     monoio::time::sleep(WATCH_AFTER).await;
     if input.buf.len() == input.buf.capacity() {
         // Pipelined requests fill the buffer: the client is evidently there.
@@ -670,7 +723,7 @@ async fn upload(
     }
     phase.set(UploadPhase::Watching);
     let result = input.read_more_cancelable(watch).await;
-    phase.set(UploadPhase::Sleeping);
+    phase.set(UploadPhase::Sent);
     match result {
         Ok(0) => Err(UploadError::ClientGone),
         Ok(_) => Ok(()),
@@ -791,7 +844,7 @@ async fn download(
     bufs: DownloadBuffers<'_>,
     plan: &Plan,
     request_id: &[u8],
-    phase: &Cell<UploadPhase>,
+    progress: &UploadProgress,
     response_started: &Cell<bool>,
     settings: &ProxySettings,
 ) -> Result<Relayed, DownloadError> {
@@ -809,7 +862,7 @@ async fn download(
                         ResponseFraming::Chunked if plan.version == Version::Http11 => ClientBody::Chunked,
                         ResponseFraming::Chunked | ResponseFraming::UntilClose => ClientBody::UntilClose,
                     };
-                    let keep_client = plan.keep_alive && client_body != ClientBody::UntilClose && phase.get() != UploadPhase::Body;
+                    let keep_client = plan.keep_alive && client_body != ClientBody::UntilClose && progress.request_read.get();
                     scratch.clear();
                     rewrite::write_response_head(scratch, &head, request_id, client_body, plan.version, !keep_client);
                     break (head.is_interim(), head.framing, head.head_len, client_body, head.keep_alive, keep_client);
