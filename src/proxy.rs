@@ -432,6 +432,9 @@ impl Connection {
             tried[tried_count] = backend.backend.id;
             tried_count += 1;
             let counters = backend.backend.counters.core(core.core());
+            // Active from the pick, so a backend being drained counts the
+            // requests still connecting to it.
+            let _active = ActiveGuard::new(&counters.active);
             let conn = match self.checkout(&backend, plan).await {
                 Ok(conn) => conn,
                 Err(error) => {
@@ -442,7 +445,6 @@ impl Connection {
                 }
             };
             counters.requests.add(1);
-            let _active = ActiveGuard::new(&counters.active);
             match self.forward(plan, conn).await {
                 Forwarded::Done { keep_client, reusable } => {
                     if let Some(conn) = reusable {

@@ -1,0 +1,190 @@
+//! The admin API (control plane), on a thread and monoio runtime of its own so
+//! that no operator request ever runs on a worker core. The contract is
+//! `shared/admin-api.md`.
+//!
+//! - `connection`: HTTP/1.1 per connection, with monoio-http's h1 codec,
+//!   plus what it lacks: size limits, timeouts, keep-alive rules.
+//! - `routes`: paths, methods, JSON bodies, errors; pool changes reply only
+//!   once every core has applied them.
+//! - `report`: the status document and the Prometheus exposition, read from
+//!   the pool snapshot and the per-core counters.
+//!
+//! Not served yet, because what they report does not exist yet: `GET
+//! /histograms` (no latency recording in the data path: 404 like any unknown
+//! path), health-check fields `last_check` and `transitions` (always null),
+//! and the admin token (no setting for it).
+
+mod connection;
+mod report;
+mod routes;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use monoio::io::Canceller;
+
+use crate::pool::ControlPlane;
+use crate::runtime::{self, DriverKind};
+
+/// How often the admin thread looks at the process-wide shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
+/// Admin connections open at once; more are closed on accept. Operators and
+/// scripts need a handful; the cap keeps a runaway script from exhausting
+/// the process's file descriptors, which the workers share.
+const MAX_CONNECTIONS: usize = 256;
+/// On shutdown, how long open connections get to notice and close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Starts the admin thread serving `listener`; it returns soon after
+/// `shutdown` is set.
+pub fn start(listener: TcpListener, plane: Arc<ControlPlane>, driver: DriverKind, shutdown: Arc<AtomicBool>) -> io::Result<JoinHandle<()>> {
+    // monoio's epoll driver needs a non-blocking socket; io_uring does not mind.
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new().name("percore-admin".into()).spawn(move || {
+        if let Err(error) = runtime::block_on(driver, move || serve(listener, plane, shutdown)) {
+            tracing::error!(%error, driver = driver.name(), "admin API could not start its runtime");
+        }
+    })
+}
+
+/// What every admin connection shares, on the admin thread only.
+pub(crate) struct AdminContext {
+    pub plane: Arc<ControlPlane>,
+    pub stopping: StopSignal,
+    open_connections: Cell<usize>,
+}
+
+async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "admin API cannot register its listener");
+            return;
+        }
+    };
+    let context = Rc::new(AdminContext { plane, stopping: StopSignal::default(), open_connections: Cell::new(0) });
+    let canceller = Canceller::new();
+    let stop_accepting = canceller.handle();
+    monoio::spawn(watch_shutdown(shutdown, context.clone(), canceller));
+
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        match listener.cancelable_accept(stop_accepting.clone()).await {
+            Ok((stream, peer)) => {
+                if context.open_connections.get() >= MAX_CONNECTIONS {
+                    tracing::warn!(%peer, limit = MAX_CONNECTIONS, "admin connection refused: too many open");
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                context.open_connections.set(context.open_connections.get() + 1);
+                let context = context.clone();
+                monoio::spawn(async move {
+                    connection::serve(stream, &context).await;
+                    context.open_connections.set(context.open_connections.get() - 1);
+                });
+            }
+            Err(_) if context.stopping.is_set() => break,
+            Err(error) => {
+                // Out of file descriptors, mostly: say so at most once a
+                // second and back off instead of spinning.
+                if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!(%error, "admin accept failed");
+                    last_error_log = Some(Instant::now());
+                }
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // Connections saw the stop signal; let them close their sockets before
+    // the runtime (and with it any task still pending) goes away.
+    let deadline = Instant::now() + CLOSE_GRACE;
+    while context.open_connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn watch_shutdown(shutdown: Arc<AtomicBool>, context: Rc<AdminContext>, canceller: Canceller) {
+    while !shutdown.load(Ordering::Acquire) {
+        monoio::time::sleep(SHUTDOWN_POLL).await;
+    }
+    context.stopping.set();
+    canceller.cancel();
+}
+
+/// The shutdown flag as this runtime's tasks await it: set once by
+/// `watch_shutdown`, which wakes every waiting task. A wait that ends any
+/// other way (its `select!` lost) takes its waker back out, so idle
+/// keep-alive connections coming and going leave nothing behind.
+#[derive(Default)]
+pub(crate) struct StopSignal {
+    set: Cell<bool>,
+    waiting: RefCell<Vec<(u64, Waker)>>,
+    next_wait: Cell<u64>,
+}
+
+impl StopSignal {
+    pub fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    fn set(&self) {
+        self.set.set(true);
+        for (_, waker) in self.waiting.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Completes once the admin API is stopping.
+    pub fn wait(&self) -> StopWait<'_> {
+        StopWait { signal: self, id: None }
+    }
+}
+
+pub(crate) struct StopWait<'a> {
+    signal: &'a StopSignal,
+    id: Option<u64>,
+}
+
+impl Future for StopWait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let signal = self.signal;
+        if signal.set.get() {
+            return Poll::Ready(());
+        }
+        let mut waiting = signal.waiting.borrow_mut();
+        match self.id {
+            Some(id) => {
+                if let Some((_, waker)) = waiting.iter_mut().find(|(entry, _)| *entry == id) {
+                    waker.clone_from(cx.waker());
+                }
+            }
+            None => {
+                let id = signal.next_wait.get();
+                signal.next_wait.set(id + 1);
+                waiting.push((id, cx.waker().clone()));
+                drop(waiting);
+                self.id = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for StopWait<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.signal.waiting.borrow_mut().retain(|(entry, _)| *entry != id);
+        }
+    }
+}
