@@ -10,8 +10,11 @@
 //! It parses with percore's own `http1` framing rather than monoio-http,
 //! whose codec buffers whole bodies: echoing a 1 GiB upload must stream.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::http1::chunked::{write_chunk_size, LAST_CHUNK};
@@ -74,6 +77,8 @@ struct Shared {
     delay: Duration,
     status: u16,
     counters: Arc<MockCounters>,
+    /// Open connections, so that stopping closes them.
+    open: RefCell<HashSet<RawFd>>,
 }
 
 impl MockBackend {
@@ -85,7 +90,7 @@ impl MockBackend {
         let name = config.name.clone().unwrap_or_else(|| format!("backend-{}", addr.port()));
         let counters = Arc::new(MockCounters::default());
         let shutdown = Arc::new(AtomicBool::new(false));
-        let shared = Shared { name: name.clone(), delay: config.delay, status: config.status, counters: counters.clone() };
+        let shared = Shared { name: name.clone(), delay: config.delay, status: config.status, counters: counters.clone(), open: RefCell::default() };
         let stop = shutdown.clone();
         let driver = config.driver;
         let thread = std::thread::Builder::new().name(format!("mock-{}", addr.port())).spawn(move || {
@@ -156,7 +161,7 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Rc<Shared>, shutdo
     loop {
         let accepted = listener.accept().await;
         if shutdown.load(Ordering::Acquire) {
-            return;
+            break;
         }
         match accepted {
             Ok((stream, _)) => {
@@ -166,6 +171,30 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Rc<Shared>, shutdo
             }
             Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+    // Stopped: close the listener and every connection (like a killed
+    // server), and let the driver run their close operations.
+    drop(listener);
+    for &fd in shared.open.borrow().iter() {
+        // SAFETY: fds leave the set before their streams are dropped.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !shared.open.borrow().is_empty() && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+    }
+    monoio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Keeps a connection in `Shared::open` while it lives.
+struct OpenGuard<'a> {
+    shared: &'a Shared,
+    fd: RawFd,
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.open.borrow_mut().remove(&self.fd);
     }
 }
 
@@ -206,6 +235,9 @@ impl Conn {
 }
 
 async fn serve(stream: TcpStream, shared: Rc<Shared>) {
+    let fd = stream.as_raw_fd();
+    shared.open.borrow_mut().insert(fd);
+    let _open = OpenGuard { shared: &shared, fd };
     let mut conn = Conn { stream, buf: Vec::with_capacity(16 * 1024), out: Vec::with_capacity(16 * 1024) };
     loop {
         let request = loop {
@@ -369,19 +401,33 @@ async fn send_fill(conn: &mut Conn, n: u64) -> io::Result<()> {
 }
 
 /// Sleeps for `delay` while watching the connection; `false` if it closed.
+/// The watching read is cancelled, not dropped, so no byte is lost.
 async fn delay_watching(conn: &mut Conn, delay: Duration) -> bool {
     let deadline = monoio::time::Instant::now() + delay;
     loop {
-        let read = monoio::time::timeout_at(deadline, conn.read_more()).await;
-        match read {
-            Err(_) => return true,
-            Ok(Ok(n)) if n > 0 => {
-                // Body or pipelined bytes: keep them, keep waiting.
-                if conn.buf.len() > 4 * 1024 * 1024 {
-                    return true;
-                }
+        if conn.buf.len() == conn.buf.capacity() {
+            // Body or pipelined bytes filled the buffer: just wait.
+            monoio::time::sleep_until(deadline).await;
+            return true;
+        }
+        let canceller = Canceller::new();
+        let buf = std::mem::take(&mut conn.buf);
+        let (len, cap) = (buf.len(), buf.capacity());
+        let mut read = std::pin::pin!(conn.stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle()));
+        let (result, slice) = monoio::select! {
+            biased;
+            done = &mut read => done,
+            _ = monoio::time::sleep_until(deadline) => {
+                canceller.cancel();
+                read.await
             }
-            Ok(_) => return false,
+        };
+        conn.buf = slice.into_inner();
+        match result {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return true,
+            Err(_) => return false,
         }
     }
 }

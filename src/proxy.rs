@@ -11,7 +11,9 @@
 //! after it starts, the client connection is aborted, never ended cleanly on a
 //! cut body. A client that disappears takes its upstream exchange with it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, RawFd};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -85,6 +87,8 @@ const MAX_INTERIM: usize = 16;
 /// Everything a core's connections share.
 pub struct CoreContext {
     pub pool: Rc<LocalPool>,
+    /// Client connections open on this core, so shutdown can close them.
+    open_connections: RefCell<HashSet<RawFd>>,
     pub plane: Arc<ControlPlane>,
     pub settings: ProxySettings,
     pub buffers: BufferPool,
@@ -96,6 +100,7 @@ impl CoreContext {
     pub fn new(pool: Rc<LocalPool>, plane: Arc<ControlPlane>, settings: ProxySettings) -> Rc<CoreContext> {
         let started = plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
         Rc::new(CoreContext {
+            open_connections: RefCell::new(HashSet::new()),
             buffers: BufferPool::new(settings.buffer_size, 256),
             pool,
             plane,
@@ -108,6 +113,20 @@ impl CoreContext {
     fn core(&self) -> usize {
         self.pool.core()
     }
+
+    /// Shuts down every open client connection: their pending reads end
+    /// and their tasks finish, closing the sockets.
+    pub fn close_connections(&self) {
+        for &fd in self.open_connections.borrow().iter() {
+            // SAFETY: the fd stays open until its Connection is dropped, which
+            // removes it from this set first; shutdown(2) does not close it.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.borrow().len()
+    }
 }
 
 fn unix_seconds() -> u32 {
@@ -118,9 +137,12 @@ fn unix_seconds() -> u32 {
 pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreContext>) {
     // Heads and small bodies are written whole; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
     core.plane.workers.core(core.core()).active_connections.add(1);
+    core.open_connections.borrow_mut().insert(fd);
     let conn = Connection {
+        fd,
         input: ClientInput { rd, buf: core.buffers.take(), pos: 0 },
         output: wr,
         client_ip: peer.ip().to_canonical().to_string().into_boxed_str(),
@@ -241,6 +263,7 @@ impl ClientInput {
 }
 
 struct Connection {
+    fd: RawFd,
     input: ClientInput,
     output: TcpOwnedWriteHalf,
     client_ip: Box<str>,
@@ -257,6 +280,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.core.buffers.give(std::mem::take(&mut self.input.buf));
         self.core.plane.workers.core(self.core.core()).active_connections.sub(1);
+        self.core.open_connections.borrow_mut().remove(&self.fd);
     }
 }
 
@@ -452,7 +476,7 @@ impl Connection {
                     }
                     return Outcome::Relayed { keep_client };
                 }
-                Forwarded::Stale if stale_retries < 2 => {
+                Forwarded::Stale if stale_retries < 2 && self.up_head.len() >= plan.head_len => {
                     // The backend closed a pooled connection before answering a
                     // request that is safe to resend: its other idle connections
                     // are likely stale too. Retry it on a fresh connection.
@@ -543,6 +567,13 @@ impl Connection {
             // The response is done (or failed). Settle the upload side:
             // `sent` = the whole request reached the backend (upstream reusable),
             // `client_ok` = the client's input is intact at a message boundary.
+            // A stale pooled connection: the request will be resent, so let
+            // the head write finish (it fails at once on a closed socket) to
+            // get `up_head` back rather than dropping it with the future.
+            let resend = conn.reused && plan.retryable && matches!(download_result, Err(DownloadError::NoResponse(_)));
+            if resend && upload_result.is_none() && progress.phase.get() == UploadPhase::Sending {
+                upload_result = monoio::time::timeout(Duration::from_secs(1), upload.as_mut()).await.ok();
+            }
             let (sent, client_ok) = match upload_result {
                 Some(Ok(())) => (true, true),
                 Some(Err(_)) => (false, progress.request_read.get()),
@@ -573,7 +604,7 @@ impl Connection {
                 tracing::debug!(%error, "response cut after it started; aborting the client connection");
                 Forwarded::Abort
             }
-            Err(DownloadError::Closed) if conn.reused && plan.retryable => Forwarded::Stale,
+            Err(DownloadError::NoResponse(_)) if conn.reused && plan.retryable => Forwarded::Stale,
             Err(error) => Forwarded::Failed {
                 status: error.status(),
                 message: error.message(),
@@ -787,6 +818,11 @@ enum DownloadError {
     Timeout,
     #[error("backend closed the connection")]
     Closed,
+    /// Closed or reset before a single byte of a response: on a reused
+    /// connection, the backend dropped it while idle, and a safe request
+    /// can be resent.
+    #[error("backend closed the connection before answering: {0}")]
+    NoResponse(Box<DownloadError>),
     #[error("backend connection failed: {0}")]
     Io(io::Error),
     #[error(transparent)]
@@ -808,7 +844,7 @@ impl DownloadError {
     fn message(&self) -> &'static str {
         match self {
             DownloadError::Timeout => "backend did not answer in time",
-            DownloadError::Closed | DownloadError::Io(_) => "backend closed the connection",
+            DownloadError::Closed | DownloadError::Io(_) | DownloadError::NoResponse(_) => "backend closed the connection",
             DownloadError::Head(_) | DownloadError::BadChunked => "backend sent an invalid response",
             DownloadError::Client => "client connection failed",
         }
@@ -873,7 +909,13 @@ async fn download(
             if buf.len() == buf.capacity() {
                 return Err(response::ResponseError::HeadTooLarge.into());
             }
-            read_upstream(rd, buf, settings.response_timeout).await?;
+            match read_upstream(rd, buf, settings.response_timeout).await {
+                Ok(_) => {}
+                Err(error @ (DownloadError::Closed | DownloadError::Io(_))) if buf.is_empty() && interim == 0 => {
+                    return Err(DownloadError::NoResponse(Box::new(error)));
+                }
+                Err(error) => return Err(error),
+            }
         };
         let (is_interim, framing, head_len, client_body, upstream_keep_alive, keep_client) = parsed;
         if !is_interim {

@@ -41,17 +41,26 @@ pub struct UringUnavailable(io::Error);
 
 fn tuned_builder() -> io_uring::Builder {
     let mut builder = io_uring::IoUring::builder();
-    builder.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+    builder.setup_coop_taskrun().setup_single_issuer();
+    if std::env::var_os("PERCORE_NO_DEFER").is_none() {
+        builder.setup_defer_taskrun();
+    }
     builder
 }
 
 /// Finds the best driver this kernel allows for `choice`, by building a
 /// small ring of each kind.
 pub fn probe(choice: DriverChoice) -> Result<DriverKind, UringUnavailable> {
+    // On a thread of its own: a ring's teardown can leave task work that
+    // interrupts the caller's next blocking syscall with EINTR.
+    std::thread::spawn(move || probe_here(choice)).join().unwrap_or(Ok(DriverKind::Epoll))
+}
+
+fn probe_here(choice: DriverChoice) -> Result<DriverKind, UringUnavailable> {
     if choice == DriverChoice::Epoll {
         return Ok(DriverKind::Epoll);
     }
-    if tuned_builder().build(8).is_ok() {
+    if std::env::var_os("PERCORE_PLAIN_RING").is_none() && tuned_builder().build(8).is_ok() {
         return Ok(DriverKind::UringTuned);
     }
     match io_uring::IoUring::new(8) {

@@ -19,7 +19,9 @@ use crate::runtime::{self, DriverKind};
 
 /// How often an idle core looks for pool updates and the shutdown flag.
 /// A busy core applies them just as promptly: this task runs between requests.
-const CONTROL_TICK: Duration = Duration::from_millis(5);
+const CONTROL_TICK: Duration = Duration::from_millis(10);
+/// How long shutdown waits for closed connections' tasks to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often idle upstream connections past their timeout are closed.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
@@ -64,7 +66,7 @@ async fn run_core(spec: WorkerSpec) {
     let core = CoreContext::new(pool.clone(), plane.clone(), settings);
     let canceller = Canceller::new();
     let stop_accepting = canceller.handle();
-    monoio::spawn(control_loop(pool, updates, plane, shutdown.clone(), canceller, settings.upstream_idle_timeout));
+    monoio::spawn(control_loop(pool.clone(), updates, plane, shutdown.clone(), canceller, settings.upstream_idle_timeout));
 
     let mut last_error_log: Option<Instant> = None;
     loop {
@@ -84,6 +86,18 @@ async fn run_core(spec: WorkerSpec) {
             }
         }
     }
+
+    // Shutdown: stop listening, close every client connection and idle
+    // upstream connection, and give the driver a few turns so the sockets'
+    // close operations run before the runtime goes away.
+    drop(listener);
+    core.close_connections();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while core.open_connections() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(2)).await;
+    }
+    pool.prune_idle(Instant::now(), Duration::ZERO);
+    monoio::time::sleep(Duration::from_millis(10)).await;
 }
 
 /// Applies pool updates, prunes idle upstream connections, and stops the

@@ -1,0 +1,272 @@
+//! Failures and the status codes a client sees: no backend (503), backends
+//! unreachable (next tried, else 502), slow (504), broken answers (502),
+//! cut responses (client connection aborted), no resending of a request that
+//! is not safe to resend, and a client that leaves taking its upstream
+//! exchange with it.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use percore::pool::BackendState;
+use std::io::ErrorKind;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Reads a response that must never complete: the connection ends first.
+fn expect_cut(client: &mut Client, what: &str) {
+    match client.try_read_response(false) {
+        Ok(response) => panic!("{what}: got a complete response, expected the connection aborted:\n{}({} body bytes)", response.head, response.body.len()),
+        Err(error) => assert!(
+            matches!(error.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted),
+            "{what}: expected EOF or reset mid-body, got {error}"
+        ),
+    }
+}
+
+both_drivers! {
+    fn all_backends_removed_gives_503_with_retry_after(driver) {
+        let proxy = Proxy::start(driver, 2);
+        let mut client = proxy.client();
+        assert_eq!(client.get("/").status, 200);
+        let mut version = 0;
+        for mock in &proxy.mocks {
+            let id = proxy.backend_id(&mock.url());
+            version = proxy.server.control().remove_backend(id).expect("remove backend").1;
+        }
+        wait_applied(&proxy.server, version);
+        for _ in 0..3 {
+            let response = client.get("/");
+            assert_eq!(response.status, 503, "{}", response.head);
+            assert!(response.has_header("retry-after"), "{}", response.head);
+        }
+        let before = proxy.total_mock_requests();
+        let mut fresh = proxy.client();
+        assert_eq!(fresh.get("/").status, 503);
+        assert_eq!(proxy.total_mock_requests(), before);
+    }
+
+    fn all_backends_down_gives_503_until_one_is_up(driver) {
+        let proxy = Proxy::start(driver, 2);
+        let control = proxy.server.control();
+        let ids: Vec<_> = proxy.mocks.iter().map(|m| proxy.backend_id(&m.url())).collect();
+        let mut version = 0;
+        for &id in &ids {
+            version = control.set_state(id, BackendState::Down).expect("known backend");
+        }
+        wait_applied(&proxy.server, version);
+        let mut client = proxy.client();
+        let response = client.get("/");
+        assert_eq!(response.status, 503, "{}", response.head);
+        assert!(response.has_header("retry-after"), "{}", response.head);
+        assert_eq!(proxy.total_mock_requests(), 0);
+
+        let version = control.set_state(ids[1], BackendState::Up).unwrap();
+        wait_applied(&proxy.server, version);
+        let mut client = proxy.client();
+        for _ in 0..4 {
+            let response = client.get("/");
+            assert_eq!(response.status, 200);
+            assert_eq!(response.header("x-backend"), Some("mock1"));
+        }
+    }
+
+    fn refused_backend_is_skipped(driver) {
+        let mock = start_mock(driver, "alive");
+        let server = start_server(test_config(driver, vec![refused_url(), mock.url(), refused_url()]));
+        for i in 0..6 {
+            let mut client = Client::connect(server.proxy_addr());
+            let response = client.get(&format!("/fresh/{i}"));
+            assert_eq!(response.status, 200, "request {i}: {}", response.head);
+            assert_eq!(response.header("x-backend"), Some("alive"));
+        }
+        let mut client = Client::connect(server.proxy_addr());
+        for i in 0..6 {
+            assert_eq!(client.get(&format!("/kept/{i}")).status, 200);
+            // Nothing was sent to a refused backend: even a POST moves on.
+            let response = client.request(&post("/p", b"once"));
+            assert_eq!((response.status, response.body_text().as_str()), (200, "once"));
+        }
+        assert_eq!(mock.requests(), 18);
+    }
+
+    fn all_backends_refused_gives_502(driver) {
+        let server = start_server(test_config(driver, vec![refused_url(), refused_url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        let response = client.get("/");
+        assert_eq!(response.status, 502, "{}", response.head);
+        let mut client = Client::connect(server.proxy_addr());
+        assert_eq!(client.request(&post("/", b"x")).status, 502);
+    }
+
+    fn slow_response_head_gives_504(driver) {
+        let proxy = Proxy::start_with(driver, 1, |config| config.response_timeout = Duration::from_millis(300));
+        let mut client = proxy.client();
+        let started = Instant::now();
+        let response = client.get("/delay/2000");
+        let elapsed = started.elapsed();
+        assert_eq!(response.status, 504, "{}", response.head);
+        assert!(elapsed >= Duration::from_millis(250), "504 after only {elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1500), "504 took {elapsed:?} (response_timeout 300 ms)");
+        // The proxy gave up on the exchange: the backend sees it abandoned.
+        assert!(
+            wait_until(Duration::from_secs(1), || proxy.mocks[0].counters().abandoned.load(Ordering::Relaxed) == 1),
+            "the slow exchange was not closed upstream"
+        );
+    }
+
+    fn backend_closing_before_answering_gives_502(driver) {
+        let backend = RawBackend::close_before_answer();
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        let response = client.get("/");
+        assert_eq!(response.status, 502, "{}", response.head);
+    }
+
+    fn backend_resetting_gives_502(driver) {
+        let backend = RawBackend::reset_on_accept();
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        assert_eq!(client.get("/").status, 502);
+    }
+
+    fn garbage_response_gives_502(driver) {
+        let backend = RawBackend::respond_with(&b"this is not HTTP at all\r\n\r\n"[..]);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        let response = client.get("/");
+        assert_eq!(response.status, 502, "{}", response.head);
+        assert!(!response.body_text().contains("not HTTP"), "garbage relayed: {}", response.body_text());
+    }
+
+    fn response_with_length_and_chunked_gives_502(driver) {
+        let backend = RawBackend::respond_with(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        );
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        let response = client.get("/");
+        assert_eq!(response.status, 502, "{}", response.head);
+
+        let conflicting = RawBackend::respond_with(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"[..]);
+        let server = start_server(test_config(driver, vec![conflicting.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        assert_eq!(client.get("/").status, 502);
+    }
+
+    fn response_cut_mid_body_aborts_the_client_connection(driver) {
+        let mut cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        cut.extend_from_slice(&[b'y'; 1000]);
+        let backend = RawBackend::answer_then_close(cut);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        client.send(&get("/"));
+        expect_cut(&mut client, "Content-Length body cut");
+
+        let mut chunks = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        chunks.extend_from_slice(b"400\r\n");
+        chunks.extend_from_slice(&[b'z'; 1024]);
+        chunks.extend_from_slice(b"\r\n");
+        let backend = RawBackend::answer_then_close(chunks);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        client.send(&get("/"));
+        expect_cut(&mut client, "chunked body cut");
+    }
+
+    fn post_is_never_sent_twice(driver) {
+        // Answers GETs; closes on a POST without answering.
+        let handler = |mut conn: RawConn| {
+            while let Some(request) = conn.read_request() {
+                if request.method == "POST" {
+                    return;
+                }
+                conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        };
+        let first = RawBackend::start(handler);
+        let second = RawBackend::start(handler);
+        let server = start_server(test_config(driver, vec![first.url(), second.url()]));
+        let posts = || first.requests().iter().chain(second.requests().iter()).filter(|r| r.method == "POST").count();
+
+        // On fresh upstream connections.
+        let mut client = Client::connect(server.proxy_addr());
+        let response = client.request(&post("/order", b"buy 1"));
+        assert_eq!(response.status, 502, "{}", response.head);
+        assert_eq!(posts(), 1, "the POST reached the backends more than once");
+
+        // On pooled ones: GETs first leave idle connections behind.
+        let mut client = Client::connect(server.proxy_addr());
+        for _ in 0..4 {
+            assert_eq!(client.get("/warm").status, 200);
+        }
+        let response = client.request(&post("/order", b"buy 2"));
+        assert_eq!(response.status, 502, "{}", response.head);
+        assert_eq!(posts(), 2, "the second POST reached the backends more than once");
+    }
+
+    fn get_is_retried_when_a_pooled_connection_went_stale(driver) {
+        // One response per connection, then a close the response did not announce.
+        let backend = RawBackend::answer_then_close(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        for i in 1..=3 {
+            assert_eq!(client.get("/").status, 200, "GET {i}");
+            assert!(wait_until(Duration::from_secs(2), || backend.open_handlers() == 0), "backend did not close");
+        }
+        // A POST is not resent, so the proxy must not send it on the stale connection either.
+        let response = client.request(&post("/p", b"body"));
+        assert_eq!(response.status, 200, "{}", response.head);
+        assert_eq!(backend.requests().iter().filter(|r| r.method == "POST").count(), 1);
+    }
+
+    fn get_is_retried_when_a_pooled_connection_is_reset(driver) {
+        // Answers the first request on each connection; resets the
+        // connection when a second one arrives (as a backend whose idle
+        // timeout fires just as the request comes in).
+        let backend = RawBackend::start(|mut conn| {
+            if conn.read_request().is_some() {
+                conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                if conn.read_request().is_some() {
+                    conn.reset();
+                }
+            }
+        });
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        for i in 1..=3 {
+            let response = client.get(&format!("/{i}"));
+            assert_eq!(response.status, 200, "GET {i} (a reset before any response byte is safe to retry for a GET):\n{}{}", response.head, response.body_text());
+        }
+    }
+
+    fn client_leaving_abandons_the_upstream_exchange(driver) {
+        let proxy = Proxy::start(driver, 1);
+        let started = Instant::now();
+        let mut client = proxy.client();
+        client.send(&get("/delay/3000"));
+        assert!(wait_until(Duration::from_secs(2), || proxy.mock_requests()[0] == 1), "request did not reach the mock");
+        std::thread::sleep(Duration::from_millis(100)); // the scenario: the client gives up after 100 ms
+        drop(client);
+        assert!(
+            wait_until(Duration::from_millis(1500), || proxy.mocks[0].counters().abandoned.load(Ordering::Relaxed) == 1),
+            "the upstream exchange was not abandoned within 1.5 s of the client leaving"
+        );
+        assert!(started.elapsed() < Duration::from_millis(2500), "abandoned only after {:?}", started.elapsed());
+    }
+
+    fn client_leaving_mid_upload_abandons_the_upstream_exchange(driver) {
+        let backend = RawBackend::never_answer();
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        client.send(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\npartial body");
+        assert!(wait_until(Duration::from_secs(2), || backend.request_count() == 1), "request did not reach the backend");
+        drop(client);
+        // never_answer's handler returns once the proxy closes its side.
+        assert!(
+            wait_until(Duration::from_secs(2), || backend.open_handlers() == 0),
+            "the proxy kept the upstream connection open after the client left mid-upload"
+        );
+    }
+}
+

@@ -1,0 +1,43 @@
+//! Starting and stopping: `Server::shutdown` and `MockBackend::stop` close
+//! the connections they hold, as their docs promise, and the mock backend
+//! (which the other tests lean on) keeps its connections usable across its
+//! test behaviours.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use std::net::TcpStream;
+use std::time::Duration;
+
+both_drivers! {
+    fn server_shutdown_closes_client_connections(driver) {
+        let proxy = Proxy::start(driver, 1);
+        let addr = proxy.addr();
+        let mut client = proxy.client();
+        assert_eq!(client.get("/").status, 200);
+        let Proxy { server, mocks } = proxy;
+        server.shutdown();
+        assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(), "still accepting after shutdown");
+        assert!(!client.is_open_after(Duration::from_secs(2)), "an idle client connection outlived Server::shutdown by 2 s");
+        drop(mocks);
+    }
+
+    fn mock_stop_closes_its_connections(driver) {
+        let mock = start_mock(driver, "m");
+        let addr = mock.addr();
+        let mut client = Client::connect(addr);
+        assert_eq!(client.get("/").status, 200);
+        mock.stop();
+        assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(), "still accepting after stop");
+        assert!(!client.is_open_after(Duration::from_secs(2)), "an idle connection outlived MockBackend::stop by 2 s");
+    }
+
+    fn mock_keeps_a_connection_usable_after_a_delayed_answer(driver) {
+        let mock = start_mock(driver, "m");
+        let mut client = Client::connect(mock.addr());
+        assert_eq!(client.get("/delay/20").status, 200);
+        let next = client.try_request(&get("/after-delay"));
+        assert_eq!(next.map(|r| r.status).map_err(|e| e.to_string()), Ok(200), "the mock broke its keep-alive connection after /delay");
+    }
+}
