@@ -27,7 +27,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::http1::chunked::{write_chunk_size, LAST_CHUNK};
 use crate::http1::rewrite::{push_decimal, reason_phrase};
-use crate::http1::{request, BodyFraming, ChunkedDecoder, EMPTY_HEADERS};
+use crate::http1::{request, BodyFraming, ChunkedDecoder, header_slots};
 use crate::runtime::{self, DriverKind};
 
 /// Bodies up to this size are read whole and answered with Content-Length;
@@ -241,7 +241,7 @@ async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     let mut conn = Conn { stream, buf: Vec::with_capacity(16 * 1024), out: Vec::with_capacity(16 * 1024) };
     loop {
         let request = loop {
-            let mut headers = EMPTY_HEADERS;
+            let mut headers = header_slots();
             match request::parse(&conn.buf, &mut headers) {
                 Ok(Some(head)) => {
                     let request = Request {

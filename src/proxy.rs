@@ -28,7 +28,7 @@ use monoio::net::TcpStream;
 use crate::buffer::BufferPool;
 use crate::http1::chunked::{write_chunk_size, LAST_CHUNK};
 use crate::http1::rewrite::{self, ClientBody, ForwardFields};
-use crate::http1::{request, response, BodyFraming, ChunkedDecoder, ResponseFraming, Version, EMPTY_HEADERS};
+use crate::http1::{request, response, BodyFraming, ChunkedDecoder, ResponseFraming, Version, header_slots};
 use crate::metrics::ActiveGuard;
 use crate::pool::{BackendId, ControlPlane, LocalBackend, LocalPool, MAX_ATTEMPTS};
 use crate::upstream::{self, UpstreamConn};
@@ -390,7 +390,7 @@ impl Connection {
     /// Parses the pending head, picks a first backend and writes the upstream
     /// head. Synchronous: the parsed head borrows the input buffer.
     fn prepare(&mut self) -> Prepared {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         let head = match request::parse(self.input.pending(), &mut headers) {
             Ok(Some(head)) => head,
             Ok(None) => return Prepared::Incomplete,
@@ -892,7 +892,7 @@ async fn download(
         // Read until a whole head is buffered.
         let parsed = loop {
             if !buf.is_empty() {
-                let mut headers = EMPTY_HEADERS;
+                let mut headers = header_slots();
                 if let Some(head) = response::parse(buf, &mut headers, plan.is_head)? {
                     let client_body = match head.framing {
                         ResponseFraming::None => ClientBody::None,

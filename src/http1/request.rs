@@ -2,6 +2,8 @@
 //! a checked head and its body framing out. Anything a backend could read
 //! differently from us is rejected here, before a byte is forwarded.
 
+use std::mem::MaybeUninit;
+
 use super::fields::{list_elements, parse_content_length, ConnectionOptions};
 use super::{has_bare_lf, Version};
 
@@ -101,10 +103,10 @@ impl RequestHead<'_, '_> {
 /// `Ok(None)`: the head is incomplete; read more (the caller enforces the size cap).
 pub fn parse<'b, 'h>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Result<Option<RequestHead<'b, 'h>>, RequestError> {
-    let mut request = httparse::Request::new(headers);
-    let head_len = match request.parse(buf) {
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::Version) if !is_well_formed_other_version(buf) => return Err(RequestError::RequestLine),
@@ -280,16 +282,16 @@ fn valid_authority(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::EMPTY_HEADERS;
+    use crate::http1::header_slots;
 
     fn parse_ok(raw: &[u8]) -> (BodyFraming, bool, usize) {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         let head = parse(raw, &mut headers).expect("valid").expect("complete");
         (head.framing, head.keep_alive, head.head_len)
     }
 
     fn parse_err(raw: &[u8]) -> RequestError {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         match parse(raw, &mut headers) {
             Err(error) => error,
             Ok(Some(_)) => panic!("accepted: {:?}", String::from_utf8_lossy(raw)),
@@ -305,7 +307,7 @@ mod tests {
 
     #[test]
     fn incomplete_head_asks_for_more() {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut headers).unwrap().is_none());
     }
 
@@ -375,7 +377,7 @@ mod tests {
 
     #[test]
     fn absolute_form_takes_its_authority() {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         let raw = b"GET http://Example.com:81/p?q HTTP/1.1\r\nHost: other\r\n\r\n";
         let head = parse(raw, &mut headers).unwrap().unwrap();
         assert_eq!(head.path, "/p?q");

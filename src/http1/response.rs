@@ -1,6 +1,8 @@
 //! Response-head parsing and body framing (RFC 9112 §4, §6.3), for heads read
 //! from a backend. A backend's framing mistakes become a 502, never a guess.
 
+use std::mem::MaybeUninit;
+
 use super::fields::{list_elements, parse_content_length, ConnectionOptions};
 use super::{has_bare_lf, Version};
 
@@ -53,11 +55,11 @@ impl ResponseHead<'_, '_> {
 /// Parses a response head; `request_is_head` applies RFC 9112 §6.3 item 1.
 pub fn parse<'b, 'h>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
     request_is_head: bool,
 ) -> Result<Option<ResponseHead<'b, 'h>>, ResponseError> {
-    let mut response = httparse::Response::new(headers);
-    let head_len = match response.parse(buf) {
+    let mut response = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::HeadTooLarge),
@@ -142,10 +144,10 @@ pub fn parse<'b, 'h>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::EMPTY_HEADERS;
+    use crate::http1::header_slots;
 
     fn framing(raw: &[u8], head: bool) -> Result<ResponseFraming, ResponseError> {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         parse(raw, &mut headers, head).map(|r| r.expect("complete").framing)
     }
 
@@ -170,10 +172,10 @@ mod tests {
 
     #[test]
     fn keep_alive_of_backend() {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         let head = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", &mut headers, false).unwrap().unwrap();
         assert!(!head.keep_alive);
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         let head = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &mut headers, false).unwrap().unwrap();
         assert!(!head.keep_alive);
     }

@@ -228,10 +228,10 @@ pub fn write_local_response(out: &mut Vec<u8>, status: u16, message: &str, reque
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::{request, response, EMPTY_HEADERS};
+    use crate::http1::{request, response, header_slots};
 
     fn forward(raw: &[u8]) -> String {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         let head = request::parse(raw, &mut headers).unwrap().unwrap();
         let mut out = Vec::new();
         let fields = ForwardFields { client_ip: b"10.0.0.9", request_id: b"rid-1", backend_authority: b"127.0.0.1:9000" };
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn response_head_rewritten() {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         let raw = b"HTTP/1.1 200 Fine\r\nConnection: close, X-Internal\r\nX-Internal: 1\r\nTransfer-Encoding: chunked\r\nServer: s\r\n\r\n";
         let head = response::parse(raw, &mut headers, false).unwrap().unwrap();
         let mut out = Vec::new();
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn head_response_keeps_content_length() {
-        let mut headers = EMPTY_HEADERS;
+        let mut headers = header_slots();
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n";
         let head = response::parse(raw, &mut headers, true).unwrap().unwrap();
         let mut out = Vec::new();
