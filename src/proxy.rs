@@ -527,8 +527,10 @@ impl Connection {
 
         let (download_result, upload_sent, client_reusable) = {
             let Connection { input, output, up_head, request_id, canceller, .. } = &mut *self;
-            let upload = upload(input, &mut conn.wr, up_head, plan, &progress, watch, &settings);
-            let download = download(
+            // Pinned where they are created: a `let` first would give each
+            // future a second slot in this one, and a copy.
+            let mut upload = std::pin::pin!(upload(input, &mut conn.wr, up_head, plan, &progress, watch, &settings));
+            let mut download = std::pin::pin!(download(
                 &mut conn.rd,
                 output,
                 DownloadBuffers { response: &mut response_buf, scratch: &mut scratch },
@@ -537,9 +539,7 @@ impl Connection {
                 &progress,
                 &response_started,
                 &settings,
-            );
-            let mut upload = std::pin::pin!(upload);
-            let mut download = std::pin::pin!(download);
+            ));
             let mut upload_result: Option<Result<(), UploadError>> = None;
             let download_result = loop {
                 monoio::select! {
