@@ -49,16 +49,11 @@ pub fn header_slots<'b>() -> HeaderSlots<'b> {
     [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
-/// Checks that every LF in a head is part of a CRLF. RFC 9112 §2.2 lets a
-/// recipient accept a bare LF, but a backend that does not would see different
-/// field boundaries than we do, so percore rejects it.
+/// Checks that every LF in a request head is part of a CRLF. RFC 9112 §2.2
+/// lets a recipient accept a bare LF, but a backend that does not would see
+/// different field boundaries than we do, so percore rejects it. memchr jumps
+/// from line to line: a byte-by-byte scan cost a quarter of the proxy's
+/// user-space instructions per request.
 pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
-    let mut previous = 0u8;
-    for &byte in head {
-        if byte == b'\n' && previous != b'\r' {
-            return true;
-        }
-        previous = byte;
-    }
-    false
+    memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r')
 }

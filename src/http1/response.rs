@@ -1,10 +1,12 @@
 //! Response-head parsing and body framing (RFC 9112 §4, §6.3), for heads read
 //! from a backend. A backend's framing mistakes become a 502, never a guess.
+//! A bare LF line ending is accepted here (RFC 9112 §2.2 allows it): percore
+//! is the only party that parses this head, and it re-serialises it with CRLF.
 
 use std::mem::MaybeUninit;
 
 use super::fields::{list_elements, parse_content_length, ConnectionOptions};
-use super::{has_bare_lf, Version};
+use super::Version;
 
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +67,6 @@ pub fn parse<'b, 'h>(
         Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::HeadTooLarge),
         Err(_) => return Err(ResponseError::Malformed),
     };
-    if has_bare_lf(&buf[..head_len]) {
-        return Err(ResponseError::Malformed);
-    }
     let status = response.code.ok_or(ResponseError::Malformed)?;
     let version = Version::from_minor(response.version.ok_or(ResponseError::Malformed)?);
     let reason = response.reason.unwrap_or("");
