@@ -66,11 +66,14 @@ impl Default for ProxySettings {
     }
 }
 
-/// A client connection idle this long gives its buffer back to the core's
-/// pool and waits with a small one, so that thousands of idle keep-alive
-/// connections cost little memory. Busy connections never reach it.
-const PARK_AFTER: Duration = Duration::from_secs(1);
-const PARKED_BUFFER: usize = 256;
+/// A client connection idle this long is parked: its serving task (a few KB)
+/// ends and a small one waits for the next request, so that thousands of
+/// idle keep-alive connections cost little memory. Busy ones never park.
+const PARK_AFTER: Duration = Duration::from_millis(250);
+/// Per-connection buffer for the wait between requests; a request head that
+/// does not fit continues in a pooled buffer (nginx's
+/// client_header_buffer_size is 1 KiB too).
+const IDLE_BUFFER: usize = 1024;
 
 /// While a slow backend thinks, the client connection is watched for a close
 /// (so the exchange is abandoned at once). Watching costs a cancelled read, so
@@ -101,7 +104,7 @@ impl CoreContext {
         let started = plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
         Rc::new(CoreContext {
             open_connections: RefCell::new(HashSet::new()),
-            buffers: BufferPool::new(settings.buffer_size, 256),
+            buffers: BufferPool::new(settings.buffer_size, 64),
             pool,
             plane,
             settings,
@@ -143,7 +146,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
     core.open_connections.borrow_mut().insert(fd);
     let conn = Connection {
         fd,
-        input: ClientInput { rd, buf: core.buffers.take(), pos: 0 },
+        input: ClientInput { rd, buf: Vec::new(), pos: 0, idle_buf: Vec::with_capacity(IDLE_BUFFER) },
         output: wr,
         client_ip: peer.ip().to_canonical().to_string().into_boxed_str(),
         request_id: Vec::with_capacity(64),
@@ -179,21 +182,13 @@ async fn serve(mut conn: Connection) {
 /// request (or the rest of the idle timeout), then a serving task resumes.
 async fn park(mut conn: Connection) {
     let core = conn.core.clone();
-    core.buffers.give(std::mem::take(&mut conn.input.buf));
-    conn.input.pos = 0;
     conn.up_head = Vec::new();
     conn.request_id = Vec::new();
     let remaining = core.settings.idle_timeout.saturating_sub(PARK_AFTER);
-    let small = Vec::with_capacity(PARKED_BUFFER);
-    let (result, small) = match monoio::time::timeout(remaining, conn.input.rd.read(small)).await {
-        Ok(read) => read,
-        Err(_) => return,
-    };
-    if !matches!(result, Ok(n) if n > 0) {
-        return;
+    match monoio::time::timeout(remaining, conn.input.read_idle()).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
     }
-    conn.input.buf = core.buffers.take();
-    conn.input.buf.extend_from_slice(&small);
     conn.up_head = Vec::with_capacity(1024);
     conn.request_id = Vec::with_capacity(64);
     // Boxed to break the type cycle serve -> park -> serve; once per wake-up.
@@ -210,11 +205,43 @@ enum Wait {
 /// Bytes read from the client; `buf[pos..]` is not consumed yet.
 struct ClientInput {
     rd: TcpOwnedReadHalf,
+    /// A pooled buffer while a request is being read or forwarded; empty
+    /// (given back to the core's pool) while the connection is idle.
     buf: Vec<u8>,
     pos: usize,
+    /// The connection's own small buffer for waiting between requests, so an
+    /// idle keep-alive connection holds 1 KiB rather than a pooled buffer.
+    idle_buf: Vec<u8>,
 }
 
 impl ClientInput {
+    /// Idle: gives the pooled buffer back (nothing is pending in it).
+    fn release(&mut self, pool: &BufferPool) {
+        pool.give(std::mem::take(&mut self.buf));
+        self.pos = 0;
+    }
+
+    /// Moves what `read_idle` received into a pooled buffer.
+    fn resume(&mut self, pool: &BufferPool, n: usize) {
+        self.buf = pool.take();
+        self.buf.extend_from_slice(&self.idle_buf[..n]);
+        self.idle_buf.clear();
+    }
+
+    /// Reads the first bytes of the next request into the small buffer.
+    async fn read_idle(&mut self) -> io::Result<usize> {
+        let (result, idle_buf) = self.rd.read(std::mem::take(&mut self.idle_buf)).await;
+        self.idle_buf = idle_buf;
+        result
+    }
+
+    /// As `read_idle`, cancellable without losing bytes.
+    async fn read_idle_cancelable(&mut self, cancel: CancelHandle) -> io::Result<usize> {
+        let (result, idle_buf) = self.rd.cancelable_read(std::mem::take(&mut self.idle_buf), cancel).await;
+        self.idle_buf = idle_buf;
+        result
+    }
+
     fn pending(&self) -> &[u8] {
         &self.buf[self.pos..]
     }
@@ -322,17 +349,21 @@ enum Outcome {
 impl Connection {
     /// Waits for the first bytes of the next request.
     async fn wait_for_request(&mut self) -> Wait {
-        let idle_timeout = self.core.settings.idle_timeout;
+        let core = self.core.clone();
+        self.input.release(&core.buffers);
+        let idle_timeout = core.settings.idle_timeout;
         if idle_timeout <= PARK_AFTER {
-            return match monoio::time::timeout(idle_timeout, self.input.read_more()).await {
-                Ok(Ok(n)) if n > 0 => Wait::Data,
+            return match monoio::time::timeout(idle_timeout, self.input.read_idle()).await {
+                Ok(Ok(n)) if n > 0 => {
+                    self.input.resume(&core.buffers, n);
+                    Wait::Data
+                }
                 _ => Wait::Closed,
             };
         }
         let cancel = self.canceller.handle();
         let result = {
-            let read = std::pin::pin!(self.input.read_more_cancelable(cancel));
-            let mut read = read;
+            let mut read = std::pin::pin!(self.input.read_idle_cancelable(cancel));
             monoio::select! {
                 biased;
                 result = &mut read => result,
@@ -343,7 +374,10 @@ impl Connection {
             }
         };
         match result {
-            Ok(n) if n > 0 => Wait::Data,
+            Ok(n) if n > 0 => {
+                self.input.resume(&core.buffers, n);
+                Wait::Data
+            }
             Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => Wait::Park,
             _ => Wait::Closed,
         }
