@@ -84,12 +84,23 @@ const WATCH_AFTER: Duration = Duration::from_millis(5);
 /// others are available.
 const FAILED_BACKEND_PAUSE: Duration = Duration::from_secs(1);
 
+/// Response bodies are relayed through buffers of this size: a 64 KiB body
+/// takes one read and one write instead of four of each.
+const RELAY_BUFFER: usize = 64 * 1024;
+/// Free space kept in front of the backend's bytes for the client's head.
+const HEADROOM: usize = 1024;
+/// Bodies up to this size are copied after the head; larger ones get the head
+/// moved in front of them instead.
+const COALESCE_COPY_MAX: usize = 2048;
+
 /// 1xx responses relayed before the final one; more is a broken backend.
 const MAX_INTERIM: usize = 16;
 
 /// Everything a core's connections share.
 pub struct CoreContext {
     pub pool: Rc<LocalPool>,
+    /// Buffers for backend responses (`RELAY_BUFFER` plus headroom).
+    relay_buffers: BufferPool,
     /// Client connections open on this core, so shutdown can close them.
     open_connections: RefCell<HashSet<RawFd>>,
     pub plane: Arc<ControlPlane>,
@@ -104,6 +115,7 @@ impl CoreContext {
         let started = plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
         Rc::new(CoreContext {
             open_connections: RefCell::new(HashSet::new()),
+            relay_buffers: BufferPool::new(RELAY_BUFFER + HEADROOM, 64),
             buffers: BufferPool::new(settings.buffer_size, 64),
             pool,
             plane,
@@ -556,7 +568,7 @@ impl Connection {
         let progress = UploadProgress { phase: Cell::new(UploadPhase::Sending), request_read: Cell::new(!plan.has_body()) };
         let response_started = Cell::new(false);
         let watch = self.canceller.handle();
-        let mut response_buf = core.buffers.take();
+        let mut response_buf = core.relay_buffers.take();
         let mut scratch = core.buffers.take();
 
         let (download_result, upload_sent, client_reusable) = {
@@ -626,7 +638,7 @@ impl Connection {
             };
             (download_result, sent, client_ok && progress.request_read.get())
         };
-        core.buffers.give(response_buf);
+        core.relay_buffers.give(response_buf);
         core.buffers.give(scratch);
 
         match download_result {
@@ -921,13 +933,18 @@ async fn download(
     settings: &ProxySettings,
 ) -> Result<Relayed, DownloadError> {
     let DownloadBuffers { response: buf, scratch } = bufs;
+    // The backend's bytes land after HEADROOM free bytes, where the client's
+    // head can be put right before the first body bytes: one write, and no
+    // copy of the body.
+    buf.clear();
+    buf.resize(HEADROOM, 0);
     let mut interim = 0;
-    let (framing, head_len, client_body, upstream_keep_alive, keep_client) = loop {
+    let (framing, body_start, client_body, upstream_keep_alive, keep_client) = loop {
         // Read until a whole head is buffered.
         let parsed = loop {
-            if !buf.is_empty() {
+            if buf.len() > HEADROOM {
                 let mut headers = header_slots();
-                if let Some(head) = response::parse(buf, &mut headers, plan.is_head)? {
+                if let Some(head) = response::parse(&buf[HEADROOM..], &mut headers, plan.is_head)? {
                     let client_body = match head.framing {
                         ResponseFraming::None => ClientBody::None,
                         ResponseFraming::Length(n) => ClientBody::Length(n),
@@ -937,23 +954,23 @@ async fn download(
                     let keep_client = plan.keep_alive && client_body != ClientBody::UntilClose && progress.request_read.get();
                     scratch.clear();
                     rewrite::write_response_head(scratch, &head, request_id, client_body, plan.version, !keep_client);
-                    break (head.is_interim(), head.framing, head.head_len, client_body, head.keep_alive, keep_client);
+                    break (head.is_interim(), head.framing, HEADROOM + head.head_len, client_body, head.keep_alive, keep_client);
                 }
             }
-            if buf.len() == buf.capacity() {
+            if buf.len() - HEADROOM >= settings.buffer_size {
                 return Err(response::ResponseError::HeadTooLarge.into());
             }
             match read_upstream(rd, buf, settings.response_timeout).await {
                 Ok(_) => {}
-                Err(error @ (DownloadError::Closed | DownloadError::Io(_))) if buf.is_empty() && interim == 0 => {
+                Err(error @ (DownloadError::Closed | DownloadError::Io(_))) if buf.len() == HEADROOM && interim == 0 => {
                     return Err(DownloadError::NoResponse(Box::new(error)));
                 }
                 Err(error) => return Err(error),
             }
         };
-        let (is_interim, framing, head_len, client_body, upstream_keep_alive, keep_client) = parsed;
+        let (is_interim, framing, head_end, client_body, upstream_keep_alive, keep_client) = parsed;
         if !is_interim {
-            break (framing, head_len, client_body, upstream_keep_alive, keep_client);
+            break (framing, head_end, client_body, upstream_keep_alive, keep_client);
         }
         interim += 1;
         if interim > MAX_INTERIM {
@@ -965,26 +982,34 @@ async fn download(
             let len = scratch.len();
             write_client(wr, scratch, 0..len).await?;
         }
-        buf.drain(..head_len);
+        buf.drain(HEADROOM..head_end);
     };
 
     response_started.set(true);
     let mut clean = true;
     match framing {
         ResponseFraming::None => {
-            clean = buf.len() == head_len;
+            clean = buf.len() == body_start;
             let len = scratch.len();
             write_client(wr, scratch, 0..len).await?;
         }
         ResponseFraming::Length(length) => {
-            // The head and the first body bytes go out in one write.
-            let available = buf.len() - head_len;
+            // The head and the first body bytes go out in one write: small
+            // bodies are copied after the head, large ones get the head put
+            // in front of them.
+            let available = buf.len() - body_start;
             let take = available.min(usize::try_from(length).unwrap_or(usize::MAX));
             clean = available <= take;
-            scratch.extend_from_slice(&buf[head_len..head_len + take]);
             let mut remaining = length - take as u64;
-            let len = scratch.len();
-            write_client(wr, scratch, 0..len).await?;
+            if take <= COALESCE_COPY_MAX || scratch.len() > body_start {
+                scratch.extend_from_slice(&buf[body_start..body_start + take]);
+                let len = scratch.len();
+                write_client(wr, scratch, 0..len).await?;
+            } else {
+                let head_start = body_start - scratch.len();
+                buf[head_start..body_start].copy_from_slice(scratch);
+                write_client(wr, buf, head_start..body_start + take).await?;
+            }
             while remaining > 0 {
                 buf.clear();
                 let n = read_upstream(rd, buf, settings.response_timeout).await?;
@@ -997,11 +1022,18 @@ async fn download(
         ResponseFraming::Chunked => {
             let mut decoder = ChunkedDecoder::new();
             let chunked_out = client_body == ClientBody::Chunked;
-            let mut start = head_len;
+            let mut start = body_start;
             loop {
                 let mut consumed = start;
                 while consumed < buf.len() && !decoder.is_done() {
-                    let step = decoder.step(&buf[consumed..]).map_err(|_| DownloadError::BadChunked)?;
+                    // Never grow `scratch`: its pooled capacity bounds each
+                    // step, with room kept for a chunk-size line and CRLFs.
+                    let room = scratch.capacity().saturating_sub(scratch.len() + 32);
+                    if room == 0 {
+                        break;
+                    }
+                    let end = buf.len().min(consumed + room);
+                    let step = decoder.step(&buf[consumed..end]).map_err(|_| DownloadError::BadChunked)?;
                     let data = &buf[consumed..][step.data];
                     if !data.is_empty() {
                         if chunked_out {
@@ -1028,13 +1060,17 @@ async fn download(
                 if decoder.is_done() {
                     break;
                 }
+                if consumed < buf.len() {
+                    start = consumed;
+                    continue;
+                }
                 buf.clear();
                 start = 0;
                 read_upstream(rd, buf, settings.response_timeout).await?;
             }
         }
         ResponseFraming::UntilClose => {
-            scratch.extend_from_slice(&buf[head_len..]);
+            scratch.extend_from_slice(&buf[body_start..]);
             let len = scratch.len();
             write_client(wr, scratch, 0..len).await?;
             loop {
