@@ -4,14 +4,16 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use percore::balance::StrategyKind;
 use percore::pool::{ControlPlane, LocalPool};
 
 fn pool_with(backends: usize, strategy: StrategyKind) -> std::rc::Rc<LocalPool> {
     let (plane, receivers) = ControlPlane::new(1, strategy);
     for i in 0..backends {
-        plane.add_backend(&format!("http://127.0.0.1:{}", 10_000 + i), 1).expect("valid backend");
+        plane
+            .add_backend(&format!("http://127.0.0.1:{}", 10_000 + i), 1)
+            .expect("valid backend");
     }
     let pool = LocalPool::new(0, plane.round_robin.clone());
     pool.apply(&receivers[0].try_iter().last().expect("snapshot"));
@@ -24,9 +26,11 @@ fn selection(c: &mut Criterion) {
         for backends in [3, 16, 256] {
             let pool = pool_with(backends, strategy);
             let now = Instant::now();
-            group.bench_with_input(BenchmarkId::new(strategy.name(), backends), &backends, |b, _| {
-                b.iter(|| black_box(pool.pick(black_box(&[]), now)))
-            });
+            group.bench_with_input(
+                BenchmarkId::new(strategy.name(), backends),
+                &backends,
+                |b, _| b.iter(|| black_box(pool.pick(black_box(&[]), now))),
+            );
         }
     }
     group.finish();

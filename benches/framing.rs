@@ -3,10 +3,10 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use percore::http1::chunked::write_chunk_size;
 use percore::http1::rewrite::{self, ClientBody, ForwardFields};
-use percore::http1::{request, response, ChunkedDecoder, Version, header_slots};
+use percore::http1::{ChunkedDecoder, Version, header_slots, request, response};
 
 const WRK_REQUEST: &[u8] = b"GET /16 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
 const BROWSER_REQUEST: &[u8] = b"GET /api/items?page=2&sort=desc HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\nCookie: session=4f9c2b7e1a; theme=dark\r\nUpgrade-Insecure-Requests: 1\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n";
@@ -18,7 +18,9 @@ fn request_heads(c: &mut Criterion) {
         group.bench_function(format!("parse/{name}"), |b| {
             b.iter(|| {
                 let mut headers = header_slots();
-                let head = request::parse(black_box(raw), &mut headers).expect("valid").expect("complete");
+                let head = request::parse(black_box(raw), &mut headers)
+                    .expect("valid")
+                    .expect("complete");
                 black_box(head.head_len)
             })
         });
@@ -26,9 +28,15 @@ fn request_heads(c: &mut Criterion) {
         group.bench_function(format!("parse+rewrite/{name}"), |b| {
             b.iter(|| {
                 let mut headers = header_slots();
-                let head = request::parse(black_box(raw), &mut headers).expect("valid").expect("complete");
+                let head = request::parse(black_box(raw), &mut headers)
+                    .expect("valid")
+                    .expect("complete");
                 out.clear();
-                let fields = ForwardFields { client_ip: b"127.0.0.1", request_id: b"6a3f09c1-0-1f", backend_authority: b"127.0.0.1:9001" };
+                let fields = ForwardFields {
+                    client_ip: b"127.0.0.1",
+                    request_id: b"6a3f09c1-0-1f",
+                    backend_authority: b"127.0.0.1:9001",
+                };
                 rewrite::write_request_head(&mut out, &head, &fields);
                 black_box(out.len())
             })
@@ -42,7 +50,9 @@ fn response_heads(c: &mut Criterion) {
     group.bench_function("parse/nginx", |b| {
         b.iter(|| {
             let mut headers = header_slots();
-            let head = response::parse(black_box(NGINX_RESPONSE), &mut headers, false).expect("valid").expect("complete");
+            let head = response::parse(black_box(NGINX_RESPONSE), &mut headers, false)
+                .expect("valid")
+                .expect("complete");
             black_box(head.head_len)
         })
     });
@@ -50,9 +60,18 @@ fn response_heads(c: &mut Criterion) {
     group.bench_function("parse+rewrite/nginx", |b| {
         b.iter(|| {
             let mut headers = header_slots();
-            let head = response::parse(black_box(NGINX_RESPONSE), &mut headers, false).expect("valid").expect("complete");
+            let head = response::parse(black_box(NGINX_RESPONSE), &mut headers, false)
+                .expect("valid")
+                .expect("complete");
             out.clear();
-            rewrite::write_response_head(&mut out, &head, b"6a3f09c1-0-1f", ClientBody::Length(16), Version::Http11, false);
+            rewrite::write_response_head(
+                &mut out,
+                &head,
+                b"6a3f09c1-0-1f",
+                ClientBody::Length(16),
+                Version::Http11,
+                false,
+            );
             black_box(out.len())
         })
     });

@@ -12,12 +12,19 @@ pub struct BufferPool {
 
 impl BufferPool {
     pub fn new(buffer_size: usize, max_free: usize) -> Self {
-        BufferPool { free: RefCell::new(Vec::new()), buffer_size, max_free }
+        BufferPool {
+            free: RefCell::new(Vec::new()),
+            buffer_size,
+            max_free,
+        }
     }
 
     /// An empty buffer with `buffer_size` capacity.
     pub fn take(&self) -> Vec<u8> {
-        self.free.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(self.buffer_size))
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.buffer_size))
     }
 
     /// Returns a buffer; ones of the wrong size (lost to a cancelled read and

@@ -8,10 +8,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::balance::StrategyKind;
-use crate::config::{parse_duration, Config, ConfigError, DriverChoice};
+use crate::config::{Config, ConfigError, DriverChoice, parse_duration};
 
 #[derive(Debug, Parser)]
-#[command(name = "percore", version, about = "Thread-per-core HTTP/1.1 reverse proxy and load balancer")]
+#[command(
+    name = "percore",
+    version,
+    about = "Thread-per-core HTTP/1.1 reverse proxy and load balancer"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -99,7 +103,10 @@ impl ServeArgs {
             (self.response_timeout, &mut config.response_timeout),
             (self.request_head_timeout, &mut config.request_head_timeout),
             (self.idle_timeout, &mut config.idle_timeout),
-            (self.upstream_idle_timeout, &mut config.upstream_idle_timeout),
+            (
+                self.upstream_idle_timeout,
+                &mut config.upstream_idle_timeout,
+            ),
         ];
         for (flag, setting) in timeouts {
             if let Some(value) = flag {
@@ -136,7 +143,20 @@ mod tests {
 
     #[test]
     fn flags_override_defaults() {
-        let cli = Cli::try_parse_from(["percore", "--backend", "http://127.0.0.1:1", "--backend", "http://127.0.0.1:2", "--workers", "2", "--strategy", "least_connections", "--connect-timeout", "200ms"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "percore",
+            "--backend",
+            "http://127.0.0.1:1",
+            "--backend",
+            "http://127.0.0.1:2",
+            "--workers",
+            "2",
+            "--strategy",
+            "least_connections",
+            "--connect-timeout",
+            "200ms",
+        ])
+        .unwrap();
         let config = cli.serve.to_config().unwrap();
         assert_eq!(config.backends.len(), 2);
         assert_eq!(config.workers, Some(2));
@@ -154,8 +174,20 @@ mod tests {
 
     #[test]
     fn backend_subcommand() {
-        let cli = Cli::try_parse_from(["percore", "backend", "--listen", "127.0.0.1:9", "--delay-ms", "5", "--status", "503"]).unwrap();
-        let Some(Command::Backend(args)) = cli.command else { panic!("not a backend command") };
+        let cli = Cli::try_parse_from([
+            "percore",
+            "backend",
+            "--listen",
+            "127.0.0.1:9",
+            "--delay-ms",
+            "5",
+            "--status",
+            "503",
+        ])
+        .unwrap();
+        let Some(Command::Backend(args)) = cli.command else {
+            panic!("not a backend command")
+        };
         assert_eq!((args.delay_ms, args.status), (5, 503));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::balance::StrategyKind;
-use crate::pool::{parse_backend_url, BackendUrlError};
+use crate::pool::{BackendUrlError, parse_backend_url};
 use crate::proxy::ProxySettings;
 
 /// Which monoio driver the workers run.
@@ -66,7 +66,9 @@ impl Default for Config {
             idle_timeout: proxy.idle_timeout,
             upstream_idle_timeout: proxy.upstream_idle_timeout,
             max_idle_per_backend: proxy.max_idle_per_backend,
-            mock_backends: ["127.0.0.1:8082", "127.0.0.1:8083", "127.0.0.1:8084"].map(|a| a.parse().expect("literal address")).to_vec(),
+            mock_backends: ["127.0.0.1:8082", "127.0.0.1:8083", "127.0.0.1:8084"]
+                .map(|a| a.parse().expect("literal address"))
+                .to_vec(),
         }
     }
 }
@@ -74,9 +76,15 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     BackendUrl(#[from] BackendUrlError),
     #[error("duplicate backend {0}")]
@@ -90,8 +98,14 @@ pub enum ConfigError {
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: display.clone(), source })?;
-        serde_json::from_str(&text).map_err(|source| ConfigError::Parse { path: display, source })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: display,
+            source,
+        })
     }
 
     /// Checks everything that can be checked before binding sockets.
@@ -137,14 +151,22 @@ impl Config {
 /// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("invalid duration {text:?} (use e.g. 500ms, 5s, 2m)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (use e.g. 500ms, 5s, 2m)"))?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
-        _ => return Err(format!("invalid duration unit in {text:?} (use ms, s or m)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (use ms, s or m)"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds > 86_400.0 * 365.0 {
         return Err(format!("duration {text:?} out of range"));
@@ -194,13 +216,29 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_named() {
-        let error = serde_json::from_str::<Config>(r#"{"strategy": "fastest"}"#).unwrap_err().to_string();
+        let error = serde_json::from_str::<Config>(r#"{"strategy": "fastest"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("fastest"), "{error}");
-        let error = serde_json::from_str::<Config>(r#"{"listen_on": 1}"#).unwrap_err().to_string();
+        let error = serde_json::from_str::<Config>(r#"{"listen_on": 1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("listen_on"), "{error}");
-        let config = Config { workers: Some(0), ..Config::default() };
+        let config = Config {
+            workers: Some(0),
+            ..Config::default()
+        };
         assert!(matches!(config.validate(), Err(ConfigError::ZeroWorkers)));
-        let config = Config { backends: vec!["ftp://x".into()], ..Config::default() };
-        assert!(config.validate().unwrap_err().to_string().contains("ftp://x"));
+        let config = Config {
+            backends: vec!["ftp://x".into()],
+            ..Config::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ftp://x")
+        );
     }
 }

@@ -9,7 +9,9 @@ use percore::mock_backend::{MockBackend, MockConfig};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
@@ -37,7 +39,8 @@ fn run_backend(args: percore::cli::BackendArgs) -> Result<(), String> {
         driver,
         ..MockConfig::new(args.listen)
     };
-    let backend = MockBackend::start(config).map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let backend = MockBackend::start(config)
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     tracing::info!(listen = %backend.addr(), name = backend.name(), "mock backend serving");
     backend.wait();
     Ok(())

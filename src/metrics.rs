@@ -14,12 +14,18 @@ impl CoreCounter {
     /// Only the owning core calls this: a single writer needs no atomic RMW.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     #[inline]
     pub fn sub(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
     }
 
     #[inline]
@@ -40,7 +46,9 @@ pub struct PerCore<T> {
 
 impl<T: Default> PerCore<T> {
     pub fn new(cores: usize) -> Self {
-        PerCore { slots: (0..cores).map(|_| CachePadded::new(T::default())).collect() }
+        PerCore {
+            slots: (0..cores).map(|_| CachePadded::new(T::default())).collect(),
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,9 +25,9 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::http1::chunked::{write_chunk_size, LAST_CHUNK};
+use crate::http1::chunked::{LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{push_decimal, reason_phrase};
-use crate::http1::{request, BodyFraming, ChunkedDecoder, header_slots};
+use crate::http1::{BodyFraming, ChunkedDecoder, header_slots, request};
 use crate::runtime::{self, DriverKind};
 
 /// Bodies up to this size are read whole and answered with Content-Length;
@@ -49,7 +49,13 @@ pub struct MockConfig {
 
 impl MockConfig {
     pub fn new(listen: SocketAddr) -> MockConfig {
-        MockConfig { listen, name: None, delay: Duration::ZERO, status: 200, driver: DriverKind::Epoll }
+        MockConfig {
+            listen,
+            name: None,
+            delay: Duration::ZERO,
+            status: 200,
+            driver: DriverKind::Epoll,
+        }
     }
 }
 
@@ -87,19 +93,37 @@ impl MockBackend {
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let name = config.name.clone().unwrap_or_else(|| format!("backend-{}", addr.port()));
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("backend-{}", addr.port()));
         let counters = Arc::new(MockCounters::default());
         let shutdown = Arc::new(AtomicBool::new(false));
-        let shared = Shared { name: name.clone(), delay: config.delay, status: config.status, counters: counters.clone(), open: RefCell::default() };
+        let shared = Shared {
+            name: name.clone(),
+            delay: config.delay,
+            status: config.status,
+            counters: counters.clone(),
+            open: RefCell::default(),
+        };
         let stop = shutdown.clone();
         let driver = config.driver;
-        let thread = std::thread::Builder::new().name(format!("mock-{}", addr.port())).spawn(move || {
-            let result = runtime::block_on(driver, move || accept_loop(listener, Rc::new(shared), stop));
-            if let Err(error) = result {
-                tracing::error!(%error, "mock backend could not start its runtime");
-            }
-        })?;
-        Ok(MockBackend { addr, name, counters, shutdown, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name(format!("mock-{}", addr.port()))
+            .spawn(move || {
+                let result =
+                    runtime::block_on(driver, move || accept_loop(listener, Rc::new(shared), stop));
+                if let Err(error) = result {
+                    tracing::error!(%error, "mock backend could not start its runtime");
+                }
+            })?;
+        Ok(MockBackend {
+            addr,
+            name,
+            counters,
+            shutdown,
+            thread: Some(thread),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -150,7 +174,11 @@ impl Drop for MockBackend {
     }
 }
 
-async fn accept_loop(listener: std::net::TcpListener, shared: Rc<Shared>, shutdown: Arc<AtomicBool>) {
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Rc<Shared>,
+    shutdown: Arc<AtomicBool>,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -237,8 +265,15 @@ impl Conn {
 async fn serve(stream: TcpStream, shared: Rc<Shared>) {
     let fd = stream.as_raw_fd();
     shared.open.borrow_mut().insert(fd);
-    let _open = OpenGuard { shared: &shared, fd };
-    let mut conn = Conn { stream, buf: Vec::with_capacity(16 * 1024), out: Vec::with_capacity(16 * 1024) };
+    let _open = OpenGuard {
+        shared: &shared,
+        fd,
+    };
+    let mut conn = Conn {
+        stream,
+        buf: Vec::with_capacity(16 * 1024),
+        out: Vec::with_capacity(16 * 1024),
+    };
     loop {
         let request = loop {
             let mut headers = header_slots();
@@ -252,10 +287,10 @@ async fn serve(stream: TcpStream, shared: Rc<Shared>) {
                             .unwrap_or_default(),
                         framing: head.framing,
                         keep_alive: head.keep_alive,
-                        expect_continue: head
-                            .headers
-                            .iter()
-                            .any(|h| h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")),
+                        expect_continue: head.headers.iter().any(|h| {
+                            h.name.eq_ignore_ascii_case("expect")
+                                && h.value.eq_ignore_ascii_case(b"100-continue")
+                        }),
                     };
                     let head_len = head.head_len;
                     conn.buf.drain(..head_len);
@@ -284,7 +319,10 @@ async fn serve(stream: TcpStream, shared: Rc<Shared>) {
 /// Answers one request; `Ok(false)` when the connection must close.
 async fn answer(conn: &mut Conn, request: &Request, shared: &Shared) -> io::Result<bool> {
     if request.path == "/health" {
-        shared.counters.health_checks.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .health_checks
+            .fetch_add(1, Ordering::Relaxed);
         write_head(conn, 200, Some(3), request, shared, &[]);
         conn.out.extend_from_slice(b"ok\n");
         conn.flush().await?;
@@ -292,7 +330,11 @@ async fn answer(conn: &mut Conn, request: &Request, shared: &Shared) -> io::Resu
     }
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let (route, argument) = split_route(&request.path);
-    let delay = if route == "delay" { Duration::from_millis(argument.unwrap_or(0)) } else { shared.delay };
+    let delay = if route == "delay" {
+        Duration::from_millis(argument.unwrap_or(0))
+    } else {
+        shared.delay
+    };
     if !delay.is_zero() && !delay_watching(conn, delay).await {
         shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
         return Ok(false);
@@ -319,7 +361,14 @@ async fn answer(conn: &mut Conn, request: &Request, shared: &Shared) -> io::Resu
             conn.flush().await?;
         }
         ("chunked", Some(n)) => {
-            write_head(conn, status, None, request, shared, b"Transfer-Encoding: chunked\r\n");
+            write_head(
+                conn,
+                status,
+                None,
+                request,
+                shared,
+                b"Transfer-Encoding: chunked\r\n",
+            );
             if !bodiless {
                 let mut left = n as usize;
                 while left > 0 {
@@ -337,7 +386,14 @@ async fn answer(conn: &mut Conn, request: &Request, shared: &Shared) -> io::Resu
             conn.flush().await?;
         }
         ("close", Some(n)) => {
-            write_head(conn, status, None, request, shared, b"Connection: close\r\n");
+            write_head(
+                conn,
+                status,
+                None,
+                request,
+                shared,
+                b"Connection: close\r\n",
+            );
             if !bodiless {
                 send_fill(conn, n).await?;
             }
@@ -345,8 +401,15 @@ async fn answer(conn: &mut Conn, request: &Request, shared: &Shared) -> io::Resu
             return Ok(false);
         }
         _ => {
-            let body = format!("backend={} method={} path={} request_id={}\n", shared.name, request.method, request.path, request.request_id);
-            let length = if status == 204 || status == 304 { None } else { Some(body.len() as u64) };
+            let body = format!(
+                "backend={} method={} path={} request_id={}\n",
+                shared.name, request.method, request.path, request.request_id
+            );
+            let length = if status == 204 || status == 304 {
+                None
+            } else {
+                Some(body.len() as u64)
+            };
             write_head(conn, status, length, request, shared, &[]);
             if !bodiless {
                 conn.out.extend_from_slice(body.as_bytes());
@@ -364,7 +427,14 @@ fn split_route(path: &str) -> (&str, Option<u64>) {
     (route, parts.next().and_then(|n| n.parse().ok()))
 }
 
-fn write_head(conn: &mut Conn, status: u16, length: Option<u64>, request: &Request, shared: &Shared, extra: &[u8]) {
+fn write_head(
+    conn: &mut Conn,
+    status: u16,
+    length: Option<u64>,
+    request: &Request,
+    shared: &Shared,
+    extra: &[u8],
+) {
     let out = &mut conn.out;
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(status));
@@ -413,7 +483,10 @@ async fn delay_watching(conn: &mut Conn, delay: Duration) -> bool {
         let canceller = Canceller::new();
         let buf = std::mem::take(&mut conn.buf);
         let (len, cap) = (buf.len(), buf.capacity());
-        let mut read = std::pin::pin!(conn.stream.cancelable_read(buf.slice_mut(len..cap), canceller.handle()));
+        let mut read = std::pin::pin!(
+            conn.stream
+                .cancelable_read(buf.slice_mut(len..cap), canceller.handle())
+        );
         let (result, slice) = monoio::select! {
             biased;
             done = &mut read => done,
@@ -434,7 +507,12 @@ async fn delay_watching(conn: &mut Conn, delay: Duration) -> bool {
 
 /// Echoes the request body: whole with Content-Length when it is small,
 /// streamed (same length, or re-chunked) when it is not.
-async fn echo(conn: &mut Conn, request: &Request, shared: &Shared, status: u16) -> io::Result<bool> {
+async fn echo(
+    conn: &mut Conn,
+    request: &Request,
+    shared: &Shared,
+    status: u16,
+) -> io::Result<bool> {
     match request.framing {
         BodyFraming::Length(length) if length as usize <= BUFFERED_ECHO => {
             while (conn.buf.len() as u64) < length {
@@ -487,7 +565,14 @@ async fn echo(conn: &mut Conn, request: &Request, shared: &Shared, status: u16) 
                     return Ok(true);
                 }
                 if !streaming && body.len() > BUFFERED_ECHO {
-                    write_head(conn, status, None, request, shared, b"Transfer-Encoding: chunked\r\n");
+                    write_head(
+                        conn,
+                        status,
+                        None,
+                        request,
+                        shared,
+                        b"Transfer-Encoding: chunked\r\n",
+                    );
                     streaming = true;
                 }
                 if streaming {

@@ -74,13 +74,19 @@ pub enum BackendUrlError {
 /// Parses `http://host:port` (port defaults to 80) into a canonical url,
 /// the authority and a resolved address.
 pub fn parse_backend_url(url: &str) -> Result<(String, String, SocketAddr), BackendUrlError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| BackendUrlError::Scheme(url.to_string()))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| BackendUrlError::Scheme(url.to_string()))?;
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    let bad_char = |c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'));
+    let bad_char =
+        |c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'));
     if authority.is_empty() || authority.contains(bad_char) {
         return Err(BackendUrlError::Shape(url.to_string()));
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(host, port)| !host.ends_with(':') && !port.contains(']')) {
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.ends_with(':') && !port.contains(']'))
+    {
         authority.to_string()
     } else {
         format!("{authority}:80")
@@ -124,10 +130,19 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// A pool for `cores` workers; returns the receivers, one per core.
-    pub fn new(cores: usize, strategy: StrategyKind) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..cores).map(|_| crossbeam::channel::unbounded()).unzip();
+    pub fn new(
+        cores: usize,
+        strategy: StrategyKind,
+    ) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..cores).map(|_| crossbeam::channel::unbounded()).unzip();
         let plane = ControlPlane {
-            state: Mutex::new(PoolState { version: 0, strategy, backends: Vec::new(), next_id: 1 }),
+            state: Mutex::new(PoolState {
+                version: 0,
+                strategy,
+                backends: Vec::new(),
+                next_id: 1,
+            }),
             senders,
             workers: PerCore::new(cores),
             started: Instant::now(),
@@ -167,7 +182,11 @@ impl ControlPlane {
     /// Removes a backend from selection; in-flight requests keep their connection.
     pub fn remove_backend(&self, id: BackendId) -> Result<(Arc<Backend>, u64), PoolError> {
         let mut state = self.state.lock();
-        let index = state.backends.iter().position(|(b, _)| b.id == id).ok_or_else(|| PoolError::Unknown(id.to_string()))?;
+        let index = state
+            .backends
+            .iter()
+            .position(|(b, _)| b.id == id)
+            .ok_or_else(|| PoolError::Unknown(id.to_string()))?;
         let (backend, _) = state.backends.remove(index);
         let version = self.publish(&mut state);
         Ok((backend, version))
@@ -194,13 +213,21 @@ impl ControlPlane {
     /// The current state, as a snapshot (for status reports).
     pub fn snapshot(&self) -> PoolSnapshot {
         let state = self.state.lock();
-        PoolSnapshot { version: state.version, strategy: state.strategy, backends: state.backends.clone() }
+        PoolSnapshot {
+            version: state.version,
+            strategy: state.strategy,
+            backends: state.backends.clone(),
+        }
     }
 
     /// Bumps the version and sends the new snapshot to every core.
     fn publish(&self, state: &mut PoolState) -> u64 {
         state.version += 1;
-        let snapshot = Arc::new(PoolSnapshot { version: state.version, strategy: state.strategy, backends: state.backends.clone() });
+        let snapshot = Arc::new(PoolSnapshot {
+            version: state.version,
+            strategy: state.strategy,
+            backends: state.backends.clone(),
+        });
         for sender in &self.senders {
             // A core that has exited (shutdown) has dropped its receiver: nothing to update.
             let _ = sender.send(snapshot.clone());
@@ -212,7 +239,11 @@ impl ControlPlane {
     pub fn wait_applied(&self, version: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.workers.iter().all(|w| w.applied_version.get() >= version) {
+            if self
+                .workers
+                .iter()
+                .all(|w| w.applied_version.get() >= version)
+            {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -315,7 +346,9 @@ impl LocalPool {
                 && !tried.contains(&local.backend.id)
                 && !(avoid_failed && local.failed_until.get().is_some_and(|until| until > now))
         };
-        let index = balancer.pick(&backends, |i| usable(i, true)).or_else(|| balancer.pick(&backends, |i| usable(i, false)))?;
+        let index = balancer
+            .pick(&backends, |i| usable(i, true))
+            .or_else(|| balancer.pick(&backends, |i| usable(i, false)))?;
         Some(backends[index].clone())
     }
 
@@ -342,13 +375,28 @@ mod tests {
     #[test]
     fn backend_urls() {
         let (url, authority, addr) = parse_backend_url("http://127.0.0.1:9001/").unwrap();
-        assert_eq!((url.as_str(), authority.as_str()), ("http://127.0.0.1:9001", "127.0.0.1:9001"));
+        assert_eq!(
+            (url.as_str(), authority.as_str()),
+            ("http://127.0.0.1:9001", "127.0.0.1:9001")
+        );
         assert_eq!(addr, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(parse_backend_url("http://127.0.0.1").unwrap().2.port(), 80);
-        assert_eq!(parse_backend_url("http://[::1]:81").unwrap().2, "[::1]:81".parse().unwrap());
-        assert!(matches!(parse_backend_url("https://a:1"), Err(BackendUrlError::Scheme(_))));
-        assert!(matches!(parse_backend_url("http://a:1/path"), Err(BackendUrlError::Shape(_))));
-        assert!(matches!(parse_backend_url("http://"), Err(BackendUrlError::Shape(_))));
+        assert_eq!(
+            parse_backend_url("http://[::1]:81").unwrap().2,
+            "[::1]:81".parse().unwrap()
+        );
+        assert!(matches!(
+            parse_backend_url("https://a:1"),
+            Err(BackendUrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            parse_backend_url("http://a:1/path"),
+            Err(BackendUrlError::Shape(_))
+        ));
+        assert!(matches!(
+            parse_backend_url("http://"),
+            Err(BackendUrlError::Shape(_))
+        ));
     }
 
     #[test]
@@ -356,7 +404,10 @@ mod tests {
         let (plane, receivers) = ControlPlane::new(2, StrategyKind::RoundRobin);
         let (a, _) = plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
         let (b, v2) = plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
-        assert_eq!(plane.add_backend("http://127.0.0.1:9002", 1).unwrap_err(), PoolError::Duplicate("http://127.0.0.1:9002".into()));
+        assert_eq!(
+            plane.add_backend("http://127.0.0.1:9002", 1).unwrap_err(),
+            PoolError::Duplicate("http://127.0.0.1:9002".into())
+        );
         let local = LocalPool::new(0, plane.round_robin.clone());
         let snapshots: Vec<_> = receivers[0].try_iter().collect();
         assert_eq!(snapshots.len(), 2);

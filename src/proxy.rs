@@ -13,22 +13,26 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::os::fd::{AsRawFd, RawFd};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, Canceller, Splitable};
-use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, Canceller, Splitable,
+};
 use monoio::net::TcpStream;
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 use crate::buffer::BufferPool;
-use crate::http1::chunked::{write_chunk_size, LAST_CHUNK};
+use crate::http1::chunked::{LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody, ForwardFields};
-use crate::http1::{request, response, BodyFraming, ChunkedDecoder, ResponseFraming, Version, header_slots};
+use crate::http1::{
+    BodyFraming, ChunkedDecoder, ResponseFraming, Version, header_slots, request, response,
+};
 use crate::metrics::ActiveGuard;
 use crate::pool::{BackendId, ControlPlane, LocalBackend, LocalPool, MAX_ATTEMPTS};
 use crate::upstream::{self, UpstreamConn};
@@ -111,8 +115,13 @@ pub struct CoreContext {
 }
 
 impl CoreContext {
-    pub fn new(pool: Rc<LocalPool>, plane: Arc<ControlPlane>, settings: ProxySettings) -> Rc<CoreContext> {
-        let started = plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
+    pub fn new(
+        pool: Rc<LocalPool>,
+        plane: Arc<ControlPlane>,
+        settings: ProxySettings,
+    ) -> Rc<CoreContext> {
+        let started =
+            plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
         Rc::new(CoreContext {
             open_connections: RefCell::new(HashSet::new()),
             relay_buffers: BufferPool::new(RELAY_BUFFER + HEADROOM, 64),
@@ -145,7 +154,9 @@ impl CoreContext {
 }
 
 fn unix_seconds() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
 }
 
 /// Serves one client connection until it closes, fails or times out.
@@ -154,11 +165,20 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    core.plane.workers.core(core.core()).active_connections.add(1);
+    core.plane
+        .workers
+        .core(core.core())
+        .active_connections
+        .add(1);
     core.open_connections.borrow_mut().insert(fd);
     let conn = Connection {
         fd,
-        input: ClientInput { rd, buf: Vec::new(), pos: 0, idle_buf: Vec::with_capacity(IDLE_BUFFER) },
+        input: ClientInput {
+            rd,
+            buf: Vec::new(),
+            pos: 0,
+            idle_buf: Vec::with_capacity(IDLE_BUFFER),
+        },
         output: wr,
         client_ip: peer.ip().to_canonical().to_string().into_boxed_str(),
         request_id: Vec::with_capacity(64),
@@ -249,7 +269,10 @@ impl ClientInput {
 
     /// As `read_idle`, cancellable without losing bytes.
     async fn read_idle_cancelable(&mut self, cancel: CancelHandle) -> io::Result<usize> {
-        let (result, idle_buf) = self.rd.cancelable_read(std::mem::take(&mut self.idle_buf), cancel).await;
+        let (result, idle_buf) = self
+            .rd
+            .cancelable_read(std::mem::take(&mut self.idle_buf), cancel)
+            .await;
         self.idle_buf = idle_buf;
         result
     }
@@ -295,7 +318,10 @@ impl ClientInput {
         self.make_room();
         let buf = std::mem::take(&mut self.buf);
         let (len, cap) = (buf.len(), buf.capacity());
-        let (result, slice) = self.rd.cancelable_read(buf.slice_mut(len..cap), cancel).await;
+        let (result, slice) = self
+            .rd
+            .cancelable_read(buf.slice_mut(len..cap), cancel)
+            .await;
         self.buf = slice.into_inner();
         result
     }
@@ -318,7 +344,12 @@ struct Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.core.buffers.give(std::mem::take(&mut self.input.buf));
-        self.core.plane.workers.core(self.core.core()).active_connections.sub(1);
+        self.core
+            .plane
+            .workers
+            .core(self.core.core())
+            .active_connections
+            .sub(1);
         self.core.open_connections.borrow_mut().remove(&self.fd);
     }
 }
@@ -353,7 +384,11 @@ enum Outcome {
     /// The response was relayed in full.
     Relayed { keep_client: bool },
     /// Nothing reached the client yet: answer with this status.
-    Failed { status: u16, message: &'static str, keep_client: bool },
+    Failed {
+        status: u16,
+        message: &'static str,
+        keep_client: bool,
+    },
     /// The client is gone, or the response was cut after it started.
     Abort,
 }
@@ -403,32 +438,47 @@ impl Connection {
             match self.prepare() {
                 Prepared::Ready(plan) => break plan,
                 Prepared::Refuse(status, message) => {
-                    self.core.plane.workers.core(self.core.core()).requests.add(1);
+                    self.core
+                        .plane
+                        .workers
+                        .core(self.core.core())
+                        .requests
+                        .add(1);
                     self.respond_local(status, message, true).await;
                     return false;
                 }
                 Prepared::Incomplete => {}
             }
             if self.input.is_full() {
-                self.respond_local(431, "request head too large", true).await;
+                self.respond_local(431, "request head too large", true)
+                    .await;
                 return false;
             }
-            let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + self.core.settings.request_head_timeout);
+            let deadline = *head_deadline
+                .get_or_insert_with(|| Instant::now() + self.core.settings.request_head_timeout);
             match monoio::time::timeout_at(deadline.into(), self.input.read_more()).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return false,
                 Err(_) => {
-                    self.respond_local(408, "request head not received in time", true).await;
+                    self.respond_local(408, "request head not received in time", true)
+                        .await;
                     return false;
                 }
             }
         };
-        self.core.plane.workers.core(self.core.core()).requests.add(1);
+        self.core
+            .plane
+            .workers
+            .core(self.core.core())
+            .requests
+            .add(1);
         match self.exchange(&plan).await {
             Outcome::Relayed { keep_client } => keep_client,
-            Outcome::Failed { status, message, keep_client } => {
-                self.respond_local(status, message, !keep_client).await && keep_client
-            }
+            Outcome::Failed {
+                status,
+                message,
+                keep_client,
+            } => self.respond_local(status, message, !keep_client).await && keep_client,
             Outcome::Abort => false,
         }
     }
@@ -448,16 +498,23 @@ impl Connection {
             None => generate_request_id(&mut self.request_id, &self.core),
         }
         let first_pick = self.core.pool.pick(&[], Instant::now());
-        let backend_authority = first_pick.as_ref().map_or(&b"localhost"[..], |b| &b.backend.authority);
+        let backend_authority = first_pick
+            .as_ref()
+            .map_or(&b"localhost"[..], |b| &b.backend.authority);
         self.up_head.clear();
-        let fields = ForwardFields { client_ip: self.client_ip.as_bytes(), request_id: &self.request_id, backend_authority };
+        let fields = ForwardFields {
+            client_ip: self.client_ip.as_bytes(),
+            request_id: &self.request_id,
+            backend_authority,
+        };
         rewrite::write_request_head(&mut self.up_head, &head, &fields);
         let plan = Plan {
             framing: head.framing,
             version: head.version,
             keep_alive: head.keep_alive,
             is_head: head.is_head(),
-            retryable: head.is_idempotent() && matches!(head.framing, BodyFraming::None | BodyFraming::Length(0)),
+            retryable: head.is_idempotent()
+                && matches!(head.framing, BodyFraming::None | BodyFraming::Length(0)),
             first_pick,
             head_len: self.up_head.len(),
         };
@@ -487,17 +544,32 @@ impl Connection {
         let mut stale_retries = 0;
         let mut next = plan.first_pick.clone();
         loop {
-            let backend = match next.take().or_else(|| core.pool.pick(&tried[..tried_count], Instant::now())) {
+            let backend = match next
+                .take()
+                .or_else(|| core.pool.pick(&tried[..tried_count], Instant::now()))
+            {
                 Some(backend) => backend,
                 None if tried_count == 0 => {
-                    return Outcome::Failed { status: 503, message: "no backend available", keep_client: !plan.has_body() && plan.keep_alive };
+                    return Outcome::Failed {
+                        status: 503,
+                        message: "no backend available",
+                        keep_client: !plan.has_body() && plan.keep_alive,
+                    };
                 }
                 None => {
-                    return Outcome::Failed { status: 502, message: "no backend could be reached", keep_client: !plan.has_body() && plan.keep_alive };
+                    return Outcome::Failed {
+                        status: 502,
+                        message: "no backend could be reached",
+                        keep_client: !plan.has_body() && plan.keep_alive,
+                    };
                 }
             };
             if tried_count == MAX_ATTEMPTS {
-                return Outcome::Failed { status: 502, message: "no backend could be reached", keep_client: false };
+                return Outcome::Failed {
+                    status: 502,
+                    message: "no backend could be reached",
+                    keep_client: false,
+                };
             }
             tried[tried_count] = backend.backend.id;
             tried_count += 1;
@@ -509,16 +581,23 @@ impl Connection {
                 Ok(conn) => conn,
                 Err(error) => {
                     counters.failures.add(1);
-                    backend.failed_until.set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
+                    backend
+                        .failed_until
+                        .set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
                     tracing::debug!(backend = %backend.backend.url, %error, "connect failed; trying the next backend");
                     continue;
                 }
             };
             counters.requests.add(1);
             match self.forward(plan, conn).await {
-                Forwarded::Done { keep_client, reusable } => {
+                Forwarded::Done {
+                    keep_client,
+                    reusable,
+                } => {
                     if let Some(conn) = reusable {
-                        backend.idle.put(conn, Instant::now(), core.settings.max_idle_per_backend);
+                        backend
+                            .idle
+                            .put(conn, Instant::now(), core.settings.max_idle_per_backend);
                     }
                     return Outcome::Relayed { keep_client };
                 }
@@ -533,12 +612,24 @@ impl Connection {
                 }
                 Forwarded::Stale => {
                     counters.failures.add(1);
-                    return Outcome::Failed { status: 502, message: "backend closed the connection", keep_client: plan.keep_alive };
+                    return Outcome::Failed {
+                        status: 502,
+                        message: "backend closed the connection",
+                        keep_client: plan.keep_alive,
+                    };
                 }
-                Forwarded::Failed { status, message, keep_client } => {
+                Forwarded::Failed {
+                    status,
+                    message,
+                    keep_client,
+                } => {
                     counters.failures.add(1);
                     tracing::debug!(backend = %backend.backend.url, status, message, "exchange failed");
-                    return Outcome::Failed { status, message, keep_client };
+                    return Outcome::Failed {
+                        status,
+                        message,
+                        keep_client,
+                    };
                 }
                 Forwarded::Abort => return Outcome::Abort,
             }
@@ -547,7 +638,11 @@ impl Connection {
 
     /// An idle pooled connection (checked for staleness when the request
     /// could not be resent), or a new one.
-    async fn checkout(&self, backend: &LocalBackend, plan: &Plan) -> Result<UpstreamConn, upstream::ConnectError> {
+    async fn checkout(
+        &self,
+        backend: &LocalBackend,
+        plan: &Plan,
+    ) -> Result<UpstreamConn, upstream::ConnectError> {
         let settings = &self.core.settings;
         let now = Instant::now();
         while let Some(conn) = backend.idle.take(now, settings.upstream_idle_timeout) {
@@ -565,21 +660,42 @@ impl Connection {
     async fn forward(&mut self, plan: &Plan, mut conn: UpstreamConn) -> Forwarded {
         let core = self.core.clone();
         let settings = core.settings;
-        let progress = UploadProgress { phase: Cell::new(UploadPhase::Sending), request_read: Cell::new(!plan.has_body()) };
+        let progress = UploadProgress {
+            phase: Cell::new(UploadPhase::Sending),
+            request_read: Cell::new(!plan.has_body()),
+        };
         let response_started = Cell::new(false);
         let watch = self.canceller.handle();
         let mut response_buf = core.relay_buffers.take();
         let mut scratch = core.buffers.take();
 
         let (download_result, upload_sent, client_reusable) = {
-            let Connection { input, output, up_head, request_id, canceller, .. } = &mut *self;
+            let Connection {
+                input,
+                output,
+                up_head,
+                request_id,
+                canceller,
+                ..
+            } = &mut *self;
             // Pinned where they are created: a `let` first would give each
             // future a second slot in this one, and a copy.
-            let mut upload = std::pin::pin!(upload(input, &mut conn.wr, up_head, plan, &progress, watch, &settings));
+            let mut upload = std::pin::pin!(upload(
+                input,
+                &mut conn.wr,
+                up_head,
+                plan,
+                &progress,
+                watch,
+                &settings
+            ));
             let mut download = std::pin::pin!(download(
                 &mut conn.rd,
                 output,
-                DownloadBuffers { response: &mut response_buf, scratch: &mut scratch },
+                DownloadBuffers {
+                    response: &mut response_buf,
+                    scratch: &mut scratch
+                },
                 plan,
                 request_id,
                 &progress,
@@ -616,9 +732,13 @@ impl Connection {
             // A stale pooled connection: the request will be resent, so let
             // the head write finish (it fails at once on a closed socket) to
             // get `up_head` back rather than dropping it with the future.
-            let resend = conn.reused && plan.retryable && matches!(download_result, Err(DownloadError::NoResponse(_)));
+            let resend = conn.reused
+                && plan.retryable
+                && matches!(download_result, Err(DownloadError::NoResponse(_)));
             if resend && upload_result.is_none() && progress.phase.get() == UploadPhase::Sending {
-                upload_result = monoio::time::timeout(Duration::from_secs(1), upload.as_mut()).await.ok();
+                upload_result = monoio::time::timeout(Duration::from_secs(1), upload.as_mut())
+                    .await
+                    .ok();
             }
             let (sent, client_ok) = match upload_result {
                 Some(Ok(())) => (true, true),
@@ -636,7 +756,11 @@ impl Connection {
                     }
                 },
             };
-            (download_result, sent, client_ok && progress.request_read.get())
+            (
+                download_result,
+                sent,
+                client_ok && progress.request_read.get(),
+            )
         };
         core.relay_buffers.give(response_buf);
         core.buffers.give(scratch);
@@ -644,7 +768,10 @@ impl Connection {
         match download_result {
             Ok(relayed) => {
                 let reusable = (relayed.upstream_reusable && upload_sent).then_some(conn);
-                Forwarded::Done { keep_client: relayed.keep_client && client_reusable, reusable }
+                Forwarded::Done {
+                    keep_client: relayed.keep_client && client_reusable,
+                    reusable,
+                }
             }
             Err(error) if response_started.get() => {
                 tracing::debug!(%error, "response cut after it started; aborting the client connection");
@@ -694,17 +821,26 @@ fn generate_request_id(out: &mut Vec<u8>, core: &CoreContext) {
 }
 
 fn push_hex(out: &mut Vec<u8>, value: u64, min_digits: usize) {
-    let digits = (16 - value.leading_zeros() as usize / 4).max(min_digits).max(1);
+    let digits = (16 - value.leading_zeros() as usize / 4)
+        .max(min_digits)
+        .max(1);
     for shift in (0..digits).rev() {
         out.push(b"0123456789abcdef"[((value >> (shift * 4)) & 0xf) as usize]);
     }
 }
 
 enum Forwarded {
-    Done { keep_client: bool, reusable: Option<UpstreamConn> },
+    Done {
+        keep_client: bool,
+        reusable: Option<UpstreamConn>,
+    },
     /// A reused connection closed before any response byte; safe to resend.
     Stale,
-    Failed { status: u16, message: &'static str, keep_client: bool },
+    Failed {
+        status: u16,
+        message: &'static str,
+        keep_client: bool,
+    },
     Abort,
 }
 
@@ -755,7 +891,10 @@ async fn upload(
         BodyFraming::Length(length) => {
             // Coalesce the body bytes already read with the head: one write.
             let mut remaining = length;
-            let take = input.pending().len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let take = input
+                .pending()
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
             up_head.extend_from_slice(&input.pending()[..take]);
             input.consume(take);
             remaining -= take as u64;
@@ -764,7 +903,10 @@ async fn upload(
             while remaining > 0 {
                 phase.set(UploadPhase::Reading);
                 read_body(input, settings).await?;
-                let take = input.pending().len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let take = input
+                    .pending()
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                 progress.request_read.set(take as u64 == remaining);
                 let buf = std::mem::take(&mut input.buf);
                 let start = input.pos;
@@ -827,7 +969,11 @@ async fn read_body(input: &mut ClientInput, settings: &ProxySettings) -> Result<
 }
 
 /// Decodes the pending chunked bytes into canonical chunks appended to `out`.
-fn decode_into(decoder: &mut ChunkedDecoder, input: &mut ClientInput, out: &mut Vec<u8>) -> Result<(), crate::http1::ChunkedError> {
+fn decode_into(
+    decoder: &mut ChunkedDecoder,
+    input: &mut ClientInput,
+    out: &mut Vec<u8>,
+) -> Result<(), crate::http1::ChunkedError> {
     let mut consumed = 0;
     let pending = input.pending();
     while consumed < pending.len() && !decoder.is_done() {
@@ -890,21 +1036,30 @@ impl DownloadError {
     fn message(&self) -> &'static str {
         match self {
             DownloadError::Timeout => "backend did not answer in time",
-            DownloadError::Closed | DownloadError::Io(_) | DownloadError::NoResponse(_) => "backend closed the connection",
-            DownloadError::Head(_) | DownloadError::BadChunked => "backend sent an invalid response",
+            DownloadError::Closed | DownloadError::Io(_) | DownloadError::NoResponse(_) => {
+                "backend closed the connection"
+            }
+            DownloadError::Head(_) | DownloadError::BadChunked => {
+                "backend sent an invalid response"
+            }
             DownloadError::Client => "client connection failed",
         }
     }
 }
 
 /// Reads more from the backend into `buf` after its bytes; `Closed` at EOF.
-async fn read_upstream(rd: &mut TcpOwnedReadHalf, buf: &mut Vec<u8>, timeout: Duration) -> Result<usize, DownloadError> {
+async fn read_upstream(
+    rd: &mut TcpOwnedReadHalf,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<usize, DownloadError> {
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
-    let (result, slice) = match monoio::time::timeout(timeout, rd.read(owned.slice_mut(len..cap))).await {
-        Ok(read) => read,
-        Err(_) => return Err(DownloadError::Timeout),
-    };
+    let (result, slice) =
+        match monoio::time::timeout(timeout, rd.read(owned.slice_mut(len..cap))).await {
+            Ok(read) => read,
+            Err(_) => return Err(DownloadError::Timeout),
+        };
     *buf = slice.into_inner();
     match result {
         Ok(0) => Err(DownloadError::Closed),
@@ -913,7 +1068,11 @@ async fn read_upstream(rd: &mut TcpOwnedReadHalf, buf: &mut Vec<u8>, timeout: Du
     }
 }
 
-async fn write_client(wr: &mut TcpOwnedWriteHalf, buf: &mut Vec<u8>, range: std::ops::Range<usize>) -> Result<(), DownloadError> {
+async fn write_client(
+    wr: &mut TcpOwnedWriteHalf,
+    buf: &mut Vec<u8>,
+    range: std::ops::Range<usize>,
+) -> Result<(), DownloadError> {
     let owned = std::mem::take(buf);
     let (result, slice) = wr.write_all(owned.slice(range)).await;
     *buf = slice.into_inner();
@@ -932,7 +1091,10 @@ async fn download(
     response_started: &Cell<bool>,
     settings: &ProxySettings,
 ) -> Result<Relayed, DownloadError> {
-    let DownloadBuffers { response: buf, scratch } = bufs;
+    let DownloadBuffers {
+        response: buf,
+        scratch,
+    } = bufs;
     // The backend's bytes land after HEADROOM free bytes, where the client's
     // head can be put right before the first body bytes: one write, and no
     // copy of the body.
@@ -948,13 +1110,33 @@ async fn download(
                     let client_body = match head.framing {
                         ResponseFraming::None => ClientBody::None,
                         ResponseFraming::Length(n) => ClientBody::Length(n),
-                        ResponseFraming::Chunked if plan.version == Version::Http11 => ClientBody::Chunked,
-                        ResponseFraming::Chunked | ResponseFraming::UntilClose => ClientBody::UntilClose,
+                        ResponseFraming::Chunked if plan.version == Version::Http11 => {
+                            ClientBody::Chunked
+                        }
+                        ResponseFraming::Chunked | ResponseFraming::UntilClose => {
+                            ClientBody::UntilClose
+                        }
                     };
-                    let keep_client = plan.keep_alive && client_body != ClientBody::UntilClose && progress.request_read.get();
+                    let keep_client = plan.keep_alive
+                        && client_body != ClientBody::UntilClose
+                        && progress.request_read.get();
                     scratch.clear();
-                    rewrite::write_response_head(scratch, &head, request_id, client_body, plan.version, !keep_client);
-                    break (head.is_interim(), head.framing, HEADROOM + head.head_len, client_body, head.keep_alive, keep_client);
+                    rewrite::write_response_head(
+                        scratch,
+                        &head,
+                        request_id,
+                        client_body,
+                        plan.version,
+                        !keep_client,
+                    );
+                    break (
+                        head.is_interim(),
+                        head.framing,
+                        HEADROOM + head.head_len,
+                        client_body,
+                        head.keep_alive,
+                        keep_client,
+                    );
                 }
             }
             if buf.len() - HEADROOM >= settings.buffer_size {
@@ -962,7 +1144,9 @@ async fn download(
             }
             match read_upstream(rd, buf, settings.response_timeout).await {
                 Ok(_) => {}
-                Err(error @ (DownloadError::Closed | DownloadError::Io(_))) if buf.len() == HEADROOM && interim == 0 => {
+                Err(error @ (DownloadError::Closed | DownloadError::Io(_)))
+                    if buf.len() == HEADROOM && interim == 0 =>
+                {
                     return Err(DownloadError::NoResponse(Box::new(error)));
                 }
                 Err(error) => return Err(error),
@@ -970,7 +1154,13 @@ async fn download(
         };
         let (is_interim, framing, head_end, client_body, upstream_keep_alive, keep_client) = parsed;
         if !is_interim {
-            break (framing, head_end, client_body, upstream_keep_alive, keep_client);
+            break (
+                framing,
+                head_end,
+                client_body,
+                upstream_keep_alive,
+                keep_client,
+            );
         }
         interim += 1;
         if interim > MAX_INTERIM {
@@ -1033,7 +1223,9 @@ async fn download(
                         break;
                     }
                     let end = buf.len().min(consumed + room);
-                    let step = decoder.step(&buf[consumed..end]).map_err(|_| DownloadError::BadChunked)?;
+                    let step = decoder
+                        .step(&buf[consumed..end])
+                        .map_err(|_| DownloadError::BadChunked)?;
                     let data = &buf[consumed..][step.data];
                     if !data.is_empty() {
                         if chunked_out {
@@ -1084,5 +1276,8 @@ async fn download(
             clean = false;
         }
     }
-    Ok(Relayed { upstream_reusable: upstream_keep_alive && clean, keep_client })
+    Ok(Relayed {
+        upstream_reusable: upstream_keep_alive && clean,
+        keep_client,
+    })
 }

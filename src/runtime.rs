@@ -45,7 +45,10 @@ pub struct UringUnavailable(io::Error);
 
 fn tuned_builder() -> io_uring::Builder {
     let mut builder = io_uring::IoUring::builder();
-    builder.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+    builder
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun();
     builder
 }
 
@@ -54,7 +57,9 @@ fn tuned_builder() -> io_uring::Builder {
 pub fn probe(choice: DriverChoice) -> Result<DriverKind, UringUnavailable> {
     // On a thread of its own: a ring's teardown can leave task work that
     // interrupts the caller's next blocking syscall with EINTR.
-    std::thread::spawn(move || probe_here(choice)).join().unwrap_or(Ok(DriverKind::Epoll))
+    std::thread::spawn(move || probe_here(choice))
+        .join()
+        .unwrap_or(Ok(DriverKind::Epoll))
 }
 
 fn probe_here(choice: DriverChoice) -> Result<DriverKind, UringUnavailable> {
@@ -87,12 +92,16 @@ where
             if kind == DriverKind::UringTuned {
                 builder = builder.uring_builder(tuned_builder());
             }
-            let mut runtime: monoio::Runtime<TimeDriver<IoUringDriver>> = builder.enable_timer().build()?;
+            let mut runtime: monoio::Runtime<TimeDriver<IoUringDriver>> =
+                builder.enable_timer().build()?;
             Ok(runtime.block_on(make()))
         }
         DriverKind::Epoll => {
             let mut runtime: monoio::Runtime<TimeDriver<LegacyDriver>> =
-                RuntimeBuilder::<LegacyDriver>::new().with_entries(RING_ENTRIES).enable_timer().build()?;
+                RuntimeBuilder::<LegacyDriver>::new()
+                    .with_entries(RING_ENTRIES)
+                    .enable_timer()
+                    .build()?;
             Ok(runtime.block_on(make()))
         }
     }

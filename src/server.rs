@@ -5,8 +5,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::config::{Config, ConfigError};
@@ -51,17 +51,38 @@ impl Server {
         }
         let workers = config.workers.unwrap_or(cores.len().max(1));
 
-        let listeners = worker::bind_listeners(config.listen, workers).map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let proxy_addr = listeners[0].local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let admin_listener = std::net::TcpListener::bind(config.admin).map_err(|source| StartError::Bind { addr: config.admin, source })?;
-        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.admin, source })?;
+        let listeners =
+            worker::bind_listeners(config.listen, workers).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let proxy_addr = listeners[0]
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let admin_listener =
+            std::net::TcpListener::bind(config.admin).map_err(|source| StartError::Bind {
+                addr: config.admin,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin,
+                source,
+            })?;
 
         let mut mocks = Vec::new();
         let mut backends = config.backends.clone();
         if backends.is_empty() {
             for &addr in &config.mock_backends {
-                let mock = MockBackend::start(MockConfig { driver, ..MockConfig::new(addr) })
-                    .map_err(|source| StartError::MockBackend { addr, source })?;
+                let mock = MockBackend::start(MockConfig {
+                    driver,
+                    ..MockConfig::new(addr)
+                })
+                .map_err(|source| StartError::MockBackend { addr, source })?;
                 backends.push(mock.url());
                 mocks.push(mock);
             }
@@ -78,10 +99,22 @@ impl Server {
         let mut threads = Vec::new();
         for (index, (listener, updates)) in listeners.into_iter().zip(receivers).enumerate() {
             let core_id = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-            let spec = WorkerSpec { index, core_id, listener, updates, plane: plane.clone(), settings, driver, shutdown: shutdown.clone() };
+            let spec = WorkerSpec {
+                index,
+                core_id,
+                listener,
+                updates,
+                plane: plane.clone(),
+                settings,
+                driver,
+                shutdown: shutdown.clone(),
+            };
             threads.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
-        threads.push(crate::admin::start(admin_listener, plane.clone(), driver, shutdown.clone()).map_err(StartError::Thread)?);
+        threads.push(
+            crate::admin::start(admin_listener, plane.clone(), driver, shutdown.clone())
+                .map_err(StartError::Thread)?,
+        );
 
         tracing::info!(
             listen = %proxy_addr,
@@ -91,7 +124,15 @@ impl Server {
             strategy = %config.strategy,
             "percore is serving"
         );
-        Ok(Server { plane, proxy_addr, admin_addr, driver, shutdown, threads, mocks })
+        Ok(Server {
+            plane,
+            proxy_addr,
+            admin_addr,
+            driver,
+            shutdown,
+            threads,
+            mocks,
+        })
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {

@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
-use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 /// A connection to a backend, split so the request body can be sent while
 /// the response is read (a backend may answer before reading the whole body).
@@ -31,7 +31,14 @@ impl UpstreamConn {
         let mut byte = 0u8;
         // SAFETY: `fd` is owned by `rd`/`wr`, which outlive this call; MSG_PEEK
         // leaves the socket's data untouched.
-        let n = unsafe { libc::recv(self.fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::recv(
+                self.fd,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
         // Any data on an idle connection is a protocol error; 0 is EOF.
         n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
     }
@@ -52,10 +59,17 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn
         Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
         Ok(Ok(stream)) => stream,
     };
-    stream.set_nodelay(true).map_err(|source| ConnectError::Io { addr, source })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| ConnectError::Io { addr, source })?;
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    Ok(UpstreamConn { rd, wr, fd, reused: false })
+    Ok(UpstreamConn {
+        rd,
+        wr,
+        fd,
+        reused: false,
+    })
 }
 
 struct Idle {
@@ -93,7 +107,9 @@ impl IdleConnections {
 
     /// Closes connections idle for `idle_timeout` or longer.
     pub fn prune(&self, now: Instant, idle_timeout: Duration) {
-        self.conns.borrow_mut().retain(|idle| now.duration_since(idle.since) < idle_timeout);
+        self.conns
+            .borrow_mut()
+            .retain(|idle| now.duration_since(idle.since) < idle_timeout);
     }
 
     pub fn len(&self) -> usize {

@@ -5,8 +5,8 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use crossbeam::channel::Receiver;
 use monoio::io::Canceller;
 
 use crate::pool::{ControlPlane, LocalPool, PoolSnapshot};
-use crate::proxy::{serve_client, CoreContext, ProxySettings};
+use crate::proxy::{CoreContext, ProxySettings, serve_client};
 use crate::runtime::{self, DriverKind};
 
 /// How often an idle core looks for pool updates and the shutdown flag.
@@ -39,10 +39,10 @@ pub struct WorkerSpec {
 /// Starts a worker thread.
 pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(format!("percore-w{}", spec.index)).spawn(move || {
-        if let Some(core_id) = spec.core_id {
-            if !core_affinity::set_for_current(core_id) {
-                tracing::warn!(worker = spec.index, core = core_id.id, "could not pin worker to its core; running unpinned");
-            }
+        if let Some(core_id) = spec.core_id
+            && !core_affinity::set_for_current(core_id)
+        {
+            tracing::warn!(worker = spec.index, core = core_id.id, "could not pin worker to its core; running unpinned");
         }
         let index = spec.index;
         let driver = spec.driver;
@@ -53,7 +53,15 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
 }
 
 async fn run_core(spec: WorkerSpec) {
-    let WorkerSpec { index, listener, updates, plane, settings, shutdown, .. } = spec;
+    let WorkerSpec {
+        index,
+        listener,
+        updates,
+        plane,
+        settings,
+        shutdown,
+        ..
+    } = spec;
     let pool = LocalPool::new(index, plane.round_robin.clone());
     apply_updates(&pool, &updates, &plane);
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -66,7 +74,14 @@ async fn run_core(spec: WorkerSpec) {
     let core = CoreContext::new(pool.clone(), plane.clone(), settings);
     let canceller = Canceller::new();
     let stop_accepting = canceller.handle();
-    monoio::spawn(control_loop(pool.clone(), updates, plane, shutdown.clone(), canceller, settings.upstream_idle_timeout));
+    monoio::spawn(control_loop(
+        pool.clone(),
+        updates,
+        plane,
+        shutdown.clone(),
+        canceller,
+        settings.upstream_idle_timeout,
+    ));
 
     let mut last_error_log: Option<Instant> = None;
     loop {
@@ -130,7 +145,11 @@ fn apply_updates(pool: &LocalPool, updates: &Receiver<Arc<PoolSnapshot>>, plane:
     if let Some(newest) = updates.try_iter().max_by_key(|snapshot| snapshot.version) {
         pool.apply(&newest);
     }
-    plane.workers.core(pool.core()).applied_version.set(pool.version());
+    plane
+        .workers
+        .core(pool.core())
+        .applied_version
+        .set(pool.version());
 }
 
 /// Binds one listening socket per worker on `addr`, all with SO_REUSEPORT so
@@ -148,7 +167,11 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<Tcp
     let mut bound = addr;
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// The admin listener of a running proxy, one connection per request.
 struct Admin(SocketAddr);
@@ -27,7 +27,10 @@ impl Admin {
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> Response {
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: admin.local\r\n");
         if let Some(body) = body {
-            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
         }
         request.push_str("\r\n");
         request.push_str(body.unwrap_or_default());
@@ -37,8 +40,18 @@ impl Admin {
     /// Calls, expects JSON back, returns the status and the document.
     fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         let response = self.call(method, path, body);
-        assert_eq!(response.header("content-type"), Some("application/json"), "{}", response.head);
-        let document = serde_json::from_slice(&response.body).unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {}", response.body_text()));
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{}",
+            response.head
+        );
+        let document = serde_json::from_slice(&response.body).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: body is not JSON ({e}): {}",
+                response.body_text()
+            )
+        });
         (response.status, document)
     }
 
@@ -52,16 +65,27 @@ impl Admin {
     fn error(&self, method: &str, path: &str, body: Option<&str>, expected: u16) -> String {
         let (status, document) = self.json(method, path, body);
         assert_eq!(status, expected, "{method} {path} {body:?}: {document}");
-        let message = document["error"].as_str().unwrap_or_else(|| panic!("no error sentence: {document}"));
+        let message = document["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error sentence: {document}"));
         assert!(!message.is_empty());
-        assert_eq!(document.as_object().map(|o| o.len()), Some(1), "an error is only {{\"error\": ...}}: {document}");
+        assert_eq!(
+            document.as_object().map(|o| o.len()),
+            Some(1),
+            "an error is only {{\"error\": ...}}: {document}"
+        );
         message.to_string()
     }
 }
 
 /// The status document's entry for the backend at `url`.
 fn backend_entry(status: &Value, url: &str) -> Option<Value> {
-    status["backends"].as_array().unwrap().iter().find(|b| b["url"] == url).cloned()
+    status["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["url"] == url)
+        .cloned()
 }
 
 /// Sends `count` requests through the proxy, each on a new connection (so

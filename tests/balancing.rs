@@ -28,14 +28,26 @@ fn hold_requests(proxy: &Proxy, count: usize, path: &str) -> Vec<JoinHandle<u16>
 /// Requests in flight to the backend at `url`, as the proxy counts them.
 fn active(proxy: &Proxy, url: &str) -> u64 {
     let id = proxy.backend_id(url);
-    proxy.server.control().snapshot().backends.iter().find(|(b, _)| b.id == id).map(|(b, _)| b.active()).unwrap()
+    proxy
+        .server
+        .control()
+        .snapshot()
+        .backends
+        .iter()
+        .find(|(b, _)| b.id == id)
+        .map(|(b, _)| b.active())
+        .unwrap()
 }
 
 /// Least-connections scenario: mock0 holds `held` slow requests; the fast
 /// requests that follow must all go to mock1 and mock2.
 fn busy_backend_is_avoided(proxy: &Proxy, held: usize) {
     let control = proxy.server.control();
-    let ids: Vec<_> = proxy.mocks.iter().map(|m| proxy.backend_id(&m.url())).collect();
+    let ids: Vec<_> = proxy
+        .mocks
+        .iter()
+        .map(|m| proxy.backend_id(&m.url()))
+        .collect();
     let before = proxy.mock_requests();
 
     // Route the slow requests to mock0 only, then bring the others back.
@@ -47,7 +59,9 @@ fn busy_backend_is_avoided(proxy: &Proxy, held: usize) {
     let slow = hold_requests(proxy, held, "/delay/1500");
     let url0 = proxy.mocks[0].url();
     assert!(
-        wait_until(Duration::from_secs(3), || active(proxy, &url0) == held as u64 && proxy.mock_requests()[0] == before[0] + held as u64),
+        wait_until(Duration::from_secs(3), || active(proxy, &url0)
+            == held as u64
+            && proxy.mock_requests()[0] == before[0] + held as u64),
         "slow requests not in flight at mock0: active {}, requests {:?}",
         active(proxy, &url0),
         proxy.mock_requests()
@@ -61,13 +75,24 @@ fn busy_backend_is_avoided(proxy: &Proxy, held: usize) {
     for i in 0..20 {
         let response = client.get(&format!("/fast/{i}"));
         assert_eq!(response.status, 200);
-        assert_ne!(response.header("x-backend"), Some("mock0"), "request {i} went to the busy backend");
+        assert_ne!(
+            response.header("x-backend"),
+            Some("mock0"),
+            "request {i} went to the busy backend"
+        );
     }
     let after = proxy.mock_requests();
-    assert_eq!(after[0] - before[0], held as u64, "mock0 got more than the slow requests: {before:?} -> {after:?}");
+    assert_eq!(
+        after[0] - before[0],
+        held as u64,
+        "mock0 got more than the slow requests: {before:?} -> {after:?}"
+    );
     assert_eq!((after[1] - before[1]) + (after[2] - before[2]), 20);
     // Ties between the idle backends are spread, not all on one.
-    assert!(after[1] > before[1] && after[2] > before[2], "idle backends not both used: {before:?} -> {after:?}");
+    assert!(
+        after[1] > before[1] && after[2] > before[2],
+        "idle backends not both used: {before:?} -> {after:?}"
+    );
 
     for thread in slow {
         assert_eq!(thread.join().unwrap(), 200, "a slow request failed");
@@ -192,7 +217,10 @@ impl Load {
                             client = Client::connect(addr);
                         }
                         let outcome = match client.try_request(&get(&format!("/load/{i}"))) {
-                            Ok(response) => (response.status, format!("keep_alive={keep_alive} #{i}: {}", response.head)),
+                            Ok(response) => (
+                                response.status,
+                                format!("keep_alive={keep_alive} #{i}: {}", response.head),
+                            ),
                             Err(error) => (0, format!("keep_alive={keep_alive} #{i}: {error}")),
                         };
                         let failed = outcome.0 != 200;
@@ -205,7 +233,11 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, outcomes, threads }
+        Load {
+            stop,
+            outcomes,
+            threads,
+        }
     }
 
     fn count(&self) -> usize {
@@ -213,7 +245,10 @@ impl Load {
     }
 
     fn wait_for(&self, count: usize, message: &str) {
-        assert!(wait_until(Duration::from_secs(5), || self.count() >= count), "{message}");
+        assert!(
+            wait_until(Duration::from_secs(5), || self.count() >= count),
+            "{message}"
+        );
     }
 
     /// Lets `more` requests complete, stops the load, and checks that every
@@ -226,14 +261,23 @@ impl Load {
             thread.join().unwrap();
         }
         let outcomes = self.outcomes.lock().unwrap();
-        let failed: Vec<_> = outcomes[at_stop..].iter().filter(|(status, _)| *status != 200).collect();
+        let failed: Vec<_> = outcomes[at_stop..]
+            .iter()
+            .filter(|(status, _)| *status != 200)
+            .collect();
         assert!(
             failed.is_empty() && progressed,
             "after the stop: {} requests, {} failed (progressed: {progressed}): {failed:#?}",
             outcomes.len() - at_stop,
             failed.len()
         );
-        let during: Vec<_> = outcomes[..at_stop].iter().filter(|(status, _)| *status != 200).collect();
-        assert!(during.is_empty(), "requests before or during the stop failed: {during:#?}");
+        let during: Vec<_> = outcomes[..at_stop]
+            .iter()
+            .filter(|(status, _)| *status != 200)
+            .collect();
+        assert!(
+            during.is_empty(),
+            "requests before or during the stop failed: {during:#?}"
+        );
     }
 }

@@ -16,9 +16,18 @@ use std::time::{Duration, Instant};
 /// Reads a response that must never complete: the connection ends first.
 fn expect_cut(client: &mut Client, what: &str) {
     match client.try_read_response(false) {
-        Ok(response) => panic!("{what}: got a complete response, expected the connection aborted:\n{}({} body bytes)", response.head, response.body.len()),
+        Ok(response) => panic!(
+            "{what}: got a complete response, expected the connection aborted:\n{}({} body bytes)",
+            response.head,
+            response.body.len()
+        ),
         Err(error) => assert!(
-            matches!(error.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted),
+            matches!(
+                error.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+            ),
             "{what}: expected EOF or reset mid-body, got {error}"
         ),
     }
@@ -269,4 +278,3 @@ both_drivers! {
         );
     }
 }
-

@@ -23,7 +23,8 @@ fn block() -> Vec<u8> {
 /// Checks that `body` is the repeating pattern, by slices (memcmp, not a
 /// byte loop: this is an unoptimised build).
 fn is_pattern(body: &[u8], block: &[u8]) -> bool {
-    body.chunks(PERIOD).all(|piece| piece == &block[..piece.len()])
+    body.chunks(PERIOD)
+        .all(|piece| piece == &block[..piece.len()])
 }
 
 both_drivers! {

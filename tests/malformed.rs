@@ -13,24 +13,44 @@ fn expect_refused(proxy: &Proxy, name: &str, request: &[u8], status: u16) -> Res
     let before = proxy.total_mock_requests();
     let mut client = proxy.client();
     client.send(request);
-    let response = client.try_read_response(false).map_err(|e| format!("{name}: no response: {e}"))?;
+    let response = client
+        .try_read_response(false)
+        .map_err(|e| format!("{name}: no response: {e}"))?;
     if response.status != status {
-        return Err(format!("{name}: status {} (expected {status})\n{}", response.status, response.head));
+        return Err(format!(
+            "{name}: status {} (expected {status})\n{}",
+            response.status, response.head
+        ));
     }
     let (rest, _) = client.read_to_end();
     if !rest.is_empty() {
-        return Err(format!("{name}: {} bytes after the {status} instead of a close: {:?}", rest.len(), String::from_utf8_lossy(&rest)));
+        return Err(format!(
+            "{name}: {} bytes after the {status} instead of a close: {:?}",
+            rest.len(),
+            String::from_utf8_lossy(&rest)
+        ));
     }
     let after = proxy.total_mock_requests();
     if after != before {
-        return Err(format!("{name}: forwarded to the backend ({before} -> {after} requests)"));
+        return Err(format!(
+            "{name}: forwarded to the backend ({before} -> {after} requests)"
+        ));
     }
     Ok(())
 }
 
 fn check_all(proxy: &Proxy, cases: &[(&str, Vec<u8>, u16)]) {
-    let failures: Vec<String> = cases.iter().filter_map(|(name, request, status)| expect_refused(proxy, name, request, *status).err()).collect();
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(name, request, status)| expect_refused(proxy, name, request, *status).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     // The proxy still serves a well-formed request.
     assert_eq!(proxy.client().get("/fine").status, 200);
 }
@@ -62,7 +82,10 @@ fn bad_400() -> Vec<(&'static str, Vec<u8>, u16)> {
         ("Transfer-Encoding in HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         ("malformed request line", b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n"),
     ];
-    cases.into_iter().map(|(name, request)| (name, request.to_vec(), 400)).collect()
+    cases
+        .into_iter()
+        .map(|(name, request)| (name, request.to_vec(), 400))
+        .collect()
 }
 
 both_drivers! {

@@ -34,13 +34,13 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
+use monoio::BufResult;
 use monoio::buf::{IoBufMut, IoVecBufMut};
 use monoio::io::sink::{Sink, SinkExt};
 use monoio::io::stream::Stream;
 use monoio::io::{AsyncReadRent, Splitable};
-use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio::net::TcpStream;
-use monoio::BufResult;
+use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 use monoio_http::common::error::HttpError;
 use monoio_http::common::request::{RequestBuilder, RequestHead};
 use monoio_http::common::response::{Response, ResponseBuilder};
@@ -48,8 +48,8 @@ use monoio_http::h1::codec::decoder::{DecodeError, FillPayload, RequestDecoder};
 use monoio_http::h1::codec::encoder::GenericEncoder;
 use monoio_http::h1::payload::{FixedPayload, Payload};
 
-use super::routes::{self, ApiError, Reply, MAX_BODY};
 use super::AdminContext;
+use super::routes::{self, ApiError, MAX_BODY, Reply};
 
 /// The largest request head. Admin requests carry a few short headers.
 const MAX_HEAD: usize = 16 * 1024;
@@ -73,7 +73,10 @@ type Encoder = GenericEncoder<TcpOwnedWriteHalf>;
 /// or the admin API stops.
 pub(super) async fn serve(stream: TcpStream, context: &AdminContext) {
     let (read_half, write_half) = stream.into_split();
-    let reader = Rc::new(ReadSide { half: RefCell::new(Some(read_half)), budget: Cell::new(0) });
+    let reader = Rc::new(ReadSide {
+        half: RefCell::new(Some(read_half)),
+        budget: Cell::new(0),
+    });
     let mut decoder: Decoder = RequestDecoder::new(Budgeted(reader.clone()));
     let mut encoder: Encoder = GenericEncoder::new(write_half);
     loop {
@@ -119,12 +122,21 @@ pub(super) async fn serve(stream: TcpStream, context: &AdminContext) {
 /// ends the reply with a FIN, and reads and discards what the client still
 /// sends (bounded), so that the close does not reset the connection before
 /// the client has read the reply.
-async fn refuse(context: &AdminContext, encoder: &mut Encoder, reader: &ReadSide, refusal: &ApiError) {
-    if !send(encoder, Reply::error(refusal), true).await || Sink::<Response>::close(encoder).await.is_err() {
+async fn refuse(
+    context: &AdminContext,
+    encoder: &mut Encoder,
+    reader: &ReadSide,
+    refusal: &ApiError,
+) {
+    if !send(encoder, Reply::error(refusal), true).await
+        || Sink::<Response>::close(encoder).await.is_err()
+    {
         return;
     }
     // Taken only when no read is in flight: the decoder's last one failed.
-    let Some(mut half) = reader.half.borrow_mut().take() else { return };
+    let Some(mut half) = reader.half.borrow_mut().take() else {
+        return;
+    };
     let discard = async {
         let mut buf = vec![0u8; 16 * 1024];
         let mut left = LINGER_BYTES;
@@ -148,12 +160,20 @@ enum BodyFailure {
 }
 
 /// Reads a whole request body of at most `MAX_BODY` bytes.
-async fn read_body(context: &AdminContext, decoder: &mut Decoder, reader: &ReadSide, head: &RequestHead, payload: Payload) -> Result<Vec<u8>, BodyFailure> {
+async fn read_body(
+    context: &AdminContext,
+    decoder: &mut Decoder,
+    reader: &ReadSide,
+    head: &RequestHead,
+    payload: Payload,
+) -> Result<Vec<u8>, BodyFailure> {
     match payload {
         Payload::None => Ok(Vec::new()),
         Payload::Fixed(mut fixed) => {
             // The decoder has already checked that Content-Length is one number.
-            let length: usize = header(head, "content-length").and_then(|value| value.trim().parse().ok()).unwrap_or(usize::MAX);
+            let length: usize = header(head, "content-length")
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(usize::MAX);
             if length > MAX_BODY {
                 return Err(BodyFailure::Refused(ApiError::BodyTooLarge));
             }
@@ -182,12 +202,20 @@ async fn read_body(context: &AdminContext, decoder: &mut Decoder, reader: &ReadS
 }
 
 /// Has the decoder read the current request's body, within budget and time.
-async fn fill(context: &AdminContext, decoder: &mut Decoder, reader: &ReadSide) -> Result<(), BodyFailure> {
+async fn fill(
+    context: &AdminContext,
+    decoder: &mut Decoder,
+    reader: &ReadSide,
+) -> Result<(), BodyFailure> {
     match bounded(context, BODY_TIMEOUT, decoder.fill_payload()).await {
         Bounded::Done(Ok(())) => Ok(()),
-        Bounded::Done(Err(_)) if reader.over_budget() => Err(BodyFailure::Refused(ApiError::BodyTooLarge)),
+        Bounded::Done(Err(_)) if reader.over_budget() => {
+            Err(BodyFailure::Refused(ApiError::BodyTooLarge))
+        }
         Bounded::Done(Err(error)) if is_connection_error(&error) => Err(BodyFailure::Gone),
-        Bounded::Done(Err(error)) => Err(BodyFailure::Refused(ApiError::MalformedHttp(describe(&error)))),
+        Bounded::Done(Err(error)) => Err(BodyFailure::Refused(ApiError::MalformedHttp(describe(
+            &error,
+        )))),
         Bounded::TimedOut => Err(BodyFailure::Refused(ApiError::BodyTimeout(BODY_TIMEOUT))),
         Bounded::Stopping => Err(BodyFailure::Gone),
     }
@@ -195,7 +223,9 @@ async fn fill(context: &AdminContext, decoder: &mut Decoder, reader: &ReadSide) 
 
 /// Sends `reply`; `false` if the client is gone or does not read.
 async fn send(encoder: &mut Encoder, reply: Reply, close: bool) -> bool {
-    let mut response = ResponseBuilder::new().status(reply.status).header("content-type", reply.content_type);
+    let mut response = ResponseBuilder::new()
+        .status(reply.status)
+        .header("content-type", reply.content_type);
     if let Some(allow) = reply.allow {
         response = response.header("allow", allow);
     }
@@ -204,9 +234,18 @@ async fn send(encoder: &mut Encoder, reply: Reply, close: bool) -> bool {
     }
     // An empty body is `Payload::None`, which the encoder frames as
     // `content-length: 0`.
-    let body = if reply.body.is_empty() { Payload::None } else { Payload::Fixed(FixedPayload::new(reply.body.into())) };
-    let response: Response = response.body(body).expect("status codes and header values here are valid");
-    matches!(monoio::time::timeout(SEND_TIMEOUT, encoder.send_and_flush(response)).await, Ok(Ok(())))
+    let body = if reply.body.is_empty() {
+        Payload::None
+    } else {
+        Payload::Fixed(FixedPayload::new(reply.body.into()))
+    };
+    let response: Response = response
+        .body(body)
+        .expect("status codes and header values here are valid");
+    matches!(
+        monoio::time::timeout(SEND_TIMEOUT, encoder.send_and_flush(response)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Refuses what the decoder lets through but a request must not have
@@ -215,10 +254,14 @@ async fn send(encoder: &mut Encoder, reply: Reply, close: bool) -> bool {
 fn check_framing(head: &RequestHead) -> Result<(), ApiError> {
     let lengths = head.headers.get_all("content-length").iter().count();
     if lengths > 0 && head.headers.contains_key("transfer-encoding") {
-        return Err(ApiError::MalformedHttp("both Content-Length and Transfer-Encoding".into()));
+        return Err(ApiError::MalformedHttp(
+            "both Content-Length and Transfer-Encoding".into(),
+        ));
     }
     if lengths > 1 {
-        return Err(ApiError::MalformedHttp("more than one Content-Length".into()));
+        return Err(ApiError::MalformedHttp(
+            "more than one Content-Length".into(),
+        ));
     }
     Ok(())
 }
@@ -228,8 +271,12 @@ fn check_framing(head: &RequestHead) -> Result<(), ApiError> {
 fn describe(error: &HttpError) -> String {
     match error {
         HttpError::H1DecodeError(DecodeError::Parse(error)) => error.to_string(),
-        HttpError::H1DecodeError(DecodeError::Header) => "malformed Content-Length or unsupported Transfer-Encoding".into(),
-        HttpError::H1DecodeError(DecodeError::Chunked) => "malformed chunked body (chunk extensions are not supported)".into(),
+        HttpError::H1DecodeError(DecodeError::Header) => {
+            "malformed Content-Length or unsupported Transfer-Encoding".into()
+        }
+        HttpError::H1DecodeError(DecodeError::Chunked) => {
+            "malformed chunked body (chunk extensions are not supported)".into()
+        }
         HttpError::H1DecodeError(DecodeError::Method(_)) => "invalid method".into(),
         HttpError::H1DecodeError(DecodeError::Uri(_)) => "invalid request target".into(),
         other => other.to_string(),
@@ -238,14 +285,23 @@ fn describe(error: &HttpError) -> String {
 
 /// Whether the connection stays open after this request (RFC 9112 §9.3).
 fn keep_alive(head: &RequestHead) -> bool {
-    let options = || head.headers.get_all("connection").iter().filter_map(|value| value.to_str().ok()).flat_map(|value| value.split(','));
+    let options = || {
+        head.headers
+            .get_all("connection")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+    };
     if options().any(|option| option.trim().eq_ignore_ascii_case("close")) {
         return false;
     }
     // percore does not depend on the `http` crate itself; a fresh builder's
     // version is its default, HTTP/1.1.
-    let http11 = *RequestBuilder::new().version_ref().expect("a new request builder has a version");
-    head.version >= http11 || options().any(|option| option.trim().eq_ignore_ascii_case("keep-alive"))
+    let http11 = *RequestBuilder::new()
+        .version_ref()
+        .expect("a new request builder has a version");
+    head.version >= http11
+        || options().any(|option| option.trim().eq_ignore_ascii_case("keep-alive"))
 }
 
 fn header<'h>(head: &'h RequestHead, name: &str) -> Option<&'h str> {
@@ -254,7 +310,11 @@ fn header<'h>(head: &'h RequestHead, name: &str) -> Option<&'h str> {
 
 /// A read error, reset or premature end: the client is gone, nothing to answer.
 fn is_connection_error(error: &HttpError) -> bool {
-    matches!(error, HttpError::IOError(_) | HttpError::H1DecodeError(DecodeError::Io(_) | DecodeError::UnexpectedEof))
+    matches!(
+        error,
+        HttpError::IOError(_)
+            | HttpError::H1DecodeError(DecodeError::Io(_) | DecodeError::UnexpectedEof)
+    )
 }
 
 enum Bounded<T> {
@@ -264,7 +324,11 @@ enum Bounded<T> {
 }
 
 /// Runs `future` for at most `limit`, and not past the admin API's stop.
-async fn bounded<F: Future>(context: &AdminContext, limit: Duration, future: F) -> Bounded<F::Output> {
+async fn bounded<F: Future>(
+    context: &AdminContext,
+    limit: Duration,
+    future: F,
+) -> Bounded<F::Output> {
     monoio::select! {
         outcome = monoio::time::timeout(limit, future) => match outcome {
             Ok(output) => Bounded::Done(output),
@@ -300,7 +364,11 @@ impl Budgeted {
         if self.0.over_budget() {
             return Err(io::Error::other("admin request over its size limit"));
         }
-        self.0.half.borrow_mut().take().ok_or_else(|| io::ErrorKind::NotConnected.into())
+        self.0
+            .half
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
     }
 
     fn put_back(&self, half: TcpOwnedReadHalf, read: &io::Result<usize>) {

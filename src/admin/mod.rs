@@ -22,10 +22,10 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::TcpListener;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -46,7 +46,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Starts the admin thread serving `listener`; it returns soon after
 /// `shutdown` is set.
-pub fn start(listener: TcpListener, plane: Arc<ControlPlane>, driver: DriverKind, shutdown: Arc<AtomicBool>) -> io::Result<JoinHandle<()>> {
+pub fn start(
+    listener: TcpListener,
+    plane: Arc<ControlPlane>,
+    driver: DriverKind,
+    shutdown: Arc<AtomicBool>,
+) -> io::Result<JoinHandle<()>> {
     // monoio's epoll driver needs a non-blocking socket; io_uring does not mind.
     listener.set_nonblocking(true)?;
     std::thread::Builder::new().name("percore-admin".into()).spawn(move || {
@@ -71,7 +76,11 @@ async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<At
             return;
         }
     };
-    let context = Rc::new(AdminContext { plane, stopping: StopSignal::default(), open_connections: Cell::new(0) });
+    let context = Rc::new(AdminContext {
+        plane,
+        stopping: StopSignal::default(),
+        open_connections: Cell::new(0),
+    });
     let canceller = Canceller::new();
     let stop_accepting = canceller.handle();
     monoio::spawn(watch_shutdown(shutdown, context.clone(), canceller));
@@ -85,11 +94,15 @@ async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<At
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                context.open_connections.set(context.open_connections.get() + 1);
+                context
+                    .open_connections
+                    .set(context.open_connections.get() + 1);
                 let context = context.clone();
                 monoio::spawn(async move {
                     connection::serve(stream, &context).await;
-                    context.open_connections.set(context.open_connections.get() - 1);
+                    context
+                        .open_connections
+                        .set(context.open_connections.get() - 1);
                 });
             }
             Err(_) if context.stopping.is_set() => break,
@@ -112,7 +125,11 @@ async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<At
     }
 }
 
-async fn watch_shutdown(shutdown: Arc<AtomicBool>, context: Rc<AdminContext>, canceller: Canceller) {
+async fn watch_shutdown(
+    shutdown: Arc<AtomicBool>,
+    context: Rc<AdminContext>,
+    canceller: Canceller,
+) {
     while !shutdown.load(Ordering::Acquire) {
         monoio::time::sleep(SHUTDOWN_POLL).await;
     }
@@ -145,7 +162,10 @@ impl StopSignal {
 
     /// Completes once the admin API is stopping.
     pub fn wait(&self) -> StopWait<'_> {
-        StopWait { signal: self, id: None }
+        StopWait {
+            signal: self,
+            id: None,
+        }
     }
 }
 
@@ -184,7 +204,10 @@ impl Future for StopWait<'_> {
 impl Drop for StopWait<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            self.signal.waiting.borrow_mut().retain(|(entry, _)| *entry != id);
+            self.signal
+                .waiting
+                .borrow_mut()
+                .retain(|(entry, _)| *entry != id);
         }
     }
 }

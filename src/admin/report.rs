@@ -56,7 +56,11 @@ pub struct BackendView {
 
 impl BackendView {
     pub fn new(backend: &Backend, state: BackendState) -> BackendView {
-        let active_per_core: Vec<u64> = backend.counters.iter().map(|core| core.active.get()).collect();
+        let active_per_core: Vec<u64> = backend
+            .counters
+            .iter()
+            .map(|core| core.active.get())
+            .collect();
         BackendView {
             id: backend.id,
             url: backend.url.clone(),
@@ -91,7 +95,11 @@ pub fn status(plane: &ControlPlane) -> StatusDocument {
                 requests: stats.requests.get(),
             })
             .collect(),
-        backends: snapshot.backends.iter().map(|(backend, state)| BackendView::new(backend, *state)).collect(),
+        backends: snapshot
+            .backends
+            .iter()
+            .map(|(backend, state)| BackendView::new(backend, *state))
+            .collect(),
     }
 }
 
@@ -103,7 +111,11 @@ fn uptime_seconds(plane: &ControlPlane) -> f64 {
 /// The Content-Type of `GET /metrics`.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-const BACKEND_STATES: [(BackendState, &str); 3] = [(BackendState::Up, "up"), (BackendState::Down, "down"), (BackendState::Draining, "draining")];
+const BACKEND_STATES: [(BackendState, &str); 3] = [
+    (BackendState::Up, "up"),
+    (BackendState::Down, "down"),
+    (BackendState::Draining, "draining"),
+];
 
 /// `GET /metrics`: Prometheus text exposition format 0.0.4. Backends are
 /// labelled by `id` and `url`; a removed backend's series end with it.
@@ -111,20 +123,60 @@ pub fn metrics(plane: &ControlPlane) -> String {
     let snapshot = plane.snapshot();
     let mut out = String::with_capacity(4096);
 
-    family(&mut out, "percore_pool_version", "gauge", "Version of the backend pool and strategy; increases on every change.");
+    family(
+        &mut out,
+        "percore_pool_version",
+        "gauge",
+        "Version of the backend pool and strategy; increases on every change.",
+    );
     sample(&mut out, "percore_pool_version", &[], snapshot.version);
-    family(&mut out, "percore_uptime_seconds", "gauge", "Seconds since the proxy started.");
-    sample(&mut out, "percore_uptime_seconds", &[], uptime_seconds(plane));
-    family(&mut out, "percore_strategy", "gauge", "Load-balancing strategy: 1 for the one in use.");
+    family(
+        &mut out,
+        "percore_uptime_seconds",
+        "gauge",
+        "Seconds since the proxy started.",
+    );
+    sample(
+        &mut out,
+        "percore_uptime_seconds",
+        &[],
+        uptime_seconds(plane),
+    );
+    family(
+        &mut out,
+        "percore_strategy",
+        "gauge",
+        "Load-balancing strategy: 1 for the one in use.",
+    );
     for kind in StrategyKind::ALL {
-        sample(&mut out, "percore_strategy", &[("strategy", kind.name())], u8::from(kind == snapshot.strategy));
+        sample(
+            &mut out,
+            "percore_strategy",
+            &[("strategy", kind.name())],
+            u8::from(kind == snapshot.strategy),
+        );
     }
 
     type WorkerCounter = fn(&WorkerStats) -> u64;
     let worker_families: [(&str, &str, &str, WorkerCounter); 3] = [
-        ("percore_worker_applied_version", "gauge", "Pool version this worker core routes by.", |w| w.applied_version.get()),
-        ("percore_worker_active_connections", "gauge", "Client connections open on this worker core.", |w| w.active_connections.get()),
-        ("percore_worker_requests_total", "counter", "Requests this worker core has answered, forwarded or refused.", |w| w.requests.get()),
+        (
+            "percore_worker_applied_version",
+            "gauge",
+            "Pool version this worker core routes by.",
+            |w| w.applied_version.get(),
+        ),
+        (
+            "percore_worker_active_connections",
+            "gauge",
+            "Client connections open on this worker core.",
+            |w| w.active_connections.get(),
+        ),
+        (
+            "percore_worker_requests_total",
+            "counter",
+            "Requests this worker core has answered, forwarded or refused.",
+            |w| w.requests.get(),
+        ),
     ];
     for (name, kind, help, read) in worker_families {
         family(&mut out, name, kind, help);
@@ -133,25 +185,63 @@ pub fn metrics(plane: &ControlPlane) -> String {
         }
     }
 
-    let backends: Vec<(String, BackendView)> =
-        snapshot.backends.iter().map(|(backend, state)| (backend.id.to_string(), BackendView::new(backend, *state))).collect();
+    let backends: Vec<(String, BackendView)> = snapshot
+        .backends
+        .iter()
+        .map(|(backend, state)| (backend.id.to_string(), BackendView::new(backend, *state)))
+        .collect();
     type BackendValue = fn(&BackendView) -> u64;
     let backend_families: [(&str, &str, &str, BackendValue); 4] = [
-        ("percore_backend_requests_total", "counter", "Requests sent to this backend.", |b| b.requests),
-        ("percore_backend_failures_total", "counter", "Connect failures and broken exchanges with this backend.", |b| b.failures),
-        ("percore_backend_active_requests", "gauge", "Requests in flight to this backend, over all cores.", |b| b.active_connections),
-        ("percore_backend_weight", "gauge", "Relative capacity of this backend (1 to 1000).", |b| u64::from(b.weight)),
+        (
+            "percore_backend_requests_total",
+            "counter",
+            "Requests sent to this backend.",
+            |b| b.requests,
+        ),
+        (
+            "percore_backend_failures_total",
+            "counter",
+            "Connect failures and broken exchanges with this backend.",
+            |b| b.failures,
+        ),
+        (
+            "percore_backend_active_requests",
+            "gauge",
+            "Requests in flight to this backend, over all cores.",
+            |b| b.active_connections,
+        ),
+        (
+            "percore_backend_weight",
+            "gauge",
+            "Relative capacity of this backend (1 to 1000).",
+            |b| u64::from(b.weight),
+        ),
     ];
     for (name, kind, help, read) in backend_families {
         family(&mut out, name, kind, help);
         for (id, view) in &backends {
-            sample(&mut out, name, &[("id", id), ("url", &view.url)], read(view));
+            sample(
+                &mut out,
+                name,
+                &[("id", id), ("url", &view.url)],
+                read(view),
+            );
         }
     }
-    family(&mut out, "percore_backend_state", "gauge", "Backend state: 1 for the state it is in (up, down, draining).");
+    family(
+        &mut out,
+        "percore_backend_state",
+        "gauge",
+        "Backend state: 1 for the state it is in (up, down, draining).",
+    );
     for (id, view) in &backends {
         for (state, name) in BACKEND_STATES {
-            sample(&mut out, "percore_backend_state", &[("id", id), ("url", &view.url), ("state", name)], u8::from(view.state == state));
+            sample(
+                &mut out,
+                "percore_backend_state",
+                &[("id", id), ("url", &view.url), ("state", name)],
+                u8::from(view.state == state),
+            );
         }
     }
     out
@@ -215,12 +305,21 @@ mod tests {
         let document = serde_json::to_value(status(&plane)).unwrap();
         assert_eq!(document["version"], 3);
         assert_eq!(document["strategy"], "round_robin");
-        assert_eq!(document["strategies"], serde_json::json!(["round_robin", "least_connections"]));
-        assert_eq!(document["workers"][1], serde_json::json!({"core": 1, "applied_version": 0, "active_connections": 0, "requests": 9}));
+        assert_eq!(
+            document["strategies"],
+            serde_json::json!(["round_robin", "least_connections"])
+        );
+        assert_eq!(
+            document["workers"][1],
+            serde_json::json!({"core": 1, "applied_version": 0, "active_connections": 0, "requests": 9})
+        );
         let first = &document["backends"][0];
         assert_eq!(first["url"], "http://127.0.0.1:9001");
         assert_eq!(first["state"], "down");
-        assert_eq!((first["requests"].as_u64(), first["failures"].as_u64()), (Some(7), Some(1)));
+        assert_eq!(
+            (first["requests"].as_u64(), first["failures"].as_u64()),
+            (Some(7), Some(1))
+        );
         assert_eq!(first["active_per_core"], serde_json::json!([0, 2]));
         assert_eq!(first["active_connections"], 2);
         assert!(first["last_check"].is_null() && first["transitions"].is_null());
@@ -234,7 +333,10 @@ mod tests {
         let text = metrics(&plane);
         for line in text.lines() {
             if line.starts_with('#') {
-                assert!(line.starts_with("# HELP percore_") || line.starts_with("# TYPE percore_"), "{line}");
+                assert!(
+                    line.starts_with("# HELP percore_") || line.starts_with("# TYPE percore_"),
+                    "{line}"
+                );
                 continue;
             }
             let (series, value) = line.rsplit_once(' ').unwrap();
@@ -242,10 +344,26 @@ mod tests {
             assert!(series.starts_with("percore_"), "{line}");
         }
         assert!(text.contains("percore_pool_version 3\n"), "{text}");
-        assert!(text.contains("percore_backend_requests_total{id=\"1\",url=\"http://127.0.0.1:9001\"} 7\n"), "{text}");
-        assert!(text.contains("percore_backend_state{id=\"1\",url=\"http://127.0.0.1:9001\",state=\"down\"} 1\n"), "{text}");
-        assert!(text.contains("percore_worker_requests_total{core=\"1\"} 9\n"), "{text}");
-        assert!(text.contains("percore_strategy{strategy=\"round_robin\"} 1\n"), "{text}");
+        assert!(
+            text.contains(
+                "percore_backend_requests_total{id=\"1\",url=\"http://127.0.0.1:9001\"} 7\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "percore_backend_state{id=\"1\",url=\"http://127.0.0.1:9001\",state=\"down\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("percore_worker_requests_total{core=\"1\"} 9\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("percore_strategy{strategy=\"round_robin\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

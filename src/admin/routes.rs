@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::report::{self, BackendView, PROMETHEUS_CONTENT_TYPE};
 use super::AdminContext;
+use super::report::{self, BackendView, PROMETHEUS_CONTENT_TYPE};
 use crate::balance::StrategyKind;
-use crate::pool::{parse_backend_url, Backend, BackendId, BackendState, PoolError};
+use crate::pool::{Backend, BackendId, BackendState, PoolError, parse_backend_url};
 
 /// How long a change may take to reach every core before the reply is 503.
 /// A core applies updates between requests and at least every few
@@ -43,11 +43,19 @@ impl Reply {
     fn json(status: u16, value: &impl serde::Serialize) -> Reply {
         let mut body = serde_json::to_vec(value).expect("admin documents serialize");
         body.push(b'\n');
-        Reply { status, content_type: "application/json", body, allow: None }
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+            allow: None,
+        }
     }
 
     pub fn error(error: &ApiError) -> Reply {
-        let mut reply = Reply::json(error.status(), &serde_json::json!({ "error": error.to_string() }));
+        let mut reply = Reply::json(
+            error.status(),
+            &serde_json::json!({ "error": error.to_string() }),
+        );
         if let ApiError::MethodNotAllowed { allow, .. } = error {
             reply.allow = Some(*allow);
         }
@@ -61,7 +69,11 @@ pub enum ApiError {
     #[error("there is no {0} here (see GET /status, /metrics, /healthz)")]
     NotFound(String),
     #[error("{path} does not allow {method}; use {allow}")]
-    MethodNotAllowed { method: String, path: String, allow: &'static str },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
     #[error("the request body is over the {MAX_BODY}-byte limit")]
     BodyTooLarge,
     #[error("the request head is over the {0}-byte limit")]
@@ -76,8 +88,14 @@ pub enum ApiError {
     Pool(#[from] PoolError),
     #[error("{0}")]
     UnknownStrategy(String),
-    #[error("pool version {version} is in place, but cores {lagging:?} did not apply it within {timeout:?}")]
-    NotApplied { version: u64, lagging: Vec<usize>, timeout: Duration },
+    #[error(
+        "pool version {version} is in place, but cores {lagging:?} did not apply it within {timeout:?}"
+    )]
+    NotApplied {
+        version: u64,
+        lagging: Vec<usize>,
+        timeout: Duration,
+    },
     #[error("the proxy is shutting down")]
     ShuttingDown,
 }
@@ -90,7 +108,9 @@ impl ApiError {
             ApiError::BodyTimeout(_) => 408,
             ApiError::BodyTooLarge => 413,
             ApiError::HeadTooLarge(_) => 431,
-            ApiError::MalformedHttp(_) | ApiError::MalformedBody(_) | ApiError::UnknownStrategy(_) => 400,
+            ApiError::MalformedHttp(_)
+            | ApiError::MalformedBody(_)
+            | ApiError::UnknownStrategy(_) => 400,
             ApiError::Pool(PoolError::Url(_) | PoolError::Weight(_)) => 400,
             ApiError::Pool(PoolError::Duplicate(_)) => 409,
             ApiError::Pool(PoolError::Unknown(_)) => 404,
@@ -148,18 +168,31 @@ pub async fn respond(context: &AdminContext, method: &str, path: &str, body: &[u
     }
 }
 
-async fn dispatch(context: &AdminContext, method: &str, path: &str, body: &[u8]) -> Result<Reply, ApiError> {
+async fn dispatch(
+    context: &AdminContext,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
     let route = Route::parse(path).ok_or_else(|| ApiError::NotFound(path.to_string()))?;
     match (&route, method) {
         (Route::Status, "GET") => Ok(Reply::json(200, &report::status(&context.plane))),
-        (Route::Metrics, "GET") => {
-            Ok(Reply { status: 200, content_type: PROMETHEUS_CONTENT_TYPE, body: report::metrics(&context.plane).into_bytes(), allow: None })
-        }
+        (Route::Metrics, "GET") => Ok(Reply {
+            status: 200,
+            content_type: PROMETHEUS_CONTENT_TYPE,
+            body: report::metrics(&context.plane).into_bytes(),
+            allow: None,
+        }),
         (Route::Healthz, "GET") => {
             if context.stopping.is_set() {
                 return Err(ApiError::ShuttingDown);
             }
-            Ok(Reply { status: 200, content_type: "text/plain; charset=utf-8", body: b"ok".to_vec(), allow: None })
+            Ok(Reply {
+                status: 200,
+                content_type: "text/plain; charset=utf-8",
+                body: b"ok".to_vec(),
+                allow: None,
+            })
         }
         (Route::Backends, "POST") => add_backend(context, body).await,
         (Route::Backends, "DELETE") => {
@@ -171,16 +204,24 @@ async fn dispatch(context: &AdminContext, method: &str, path: &str, body: &[u8])
             remove_backend(context, id).await
         }
         (Route::Strategy, "POST") => set_strategy(context, body).await,
-        _ => Err(ApiError::MethodNotAllowed { method: method.to_string(), path: path.to_string(), allow: route.allow() }),
+        _ => Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_string(),
+            allow: route.allow(),
+        }),
     }
 }
 
 /// Parses a JSON body, naming what was expected when it is not that.
 fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8], expected: &str) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::MalformedBody(format!("the body is empty; send a JSON object like {expected}")));
+        return Err(ApiError::MalformedBody(format!(
+            "the body is empty; send a JSON object like {expected}"
+        )));
     }
-    serde_json::from_slice(body).map_err(|error| ApiError::MalformedBody(format!("{error}; expected a JSON object like {expected}")))
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::MalformedBody(format!("{error}; expected a JSON object like {expected}"))
+    })
 }
 
 #[derive(Deserialize)]
@@ -195,14 +236,22 @@ async fn add_backend(context: &AdminContext, body: &[u8]) -> Result<Reply, ApiEr
     let request: AddBackend = parse_body(body, r#"{"url": "http://127.0.0.1:8085", "weight": 1}"#)?;
     let weight = match &request.weight {
         None => 1,
-        Some(value) => value.as_u64().map(|weight| u32::try_from(weight).unwrap_or(u32::MAX)).ok_or_else(|| {
-            ApiError::MalformedBody(format!("weight must be a whole number from 1 to 1000, not {value}"))
-        })?,
+        Some(value) => value
+            .as_u64()
+            .map(|weight| u32::try_from(weight).unwrap_or(u32::MAX))
+            .ok_or_else(|| {
+                ApiError::MalformedBody(format!(
+                    "weight must be a whole number from 1 to 1000, not {value}"
+                ))
+            })?,
     };
     let (backend, version) = context.plane.add_backend(&request.url, weight)?;
     tracing::info!(id = backend.id, url = %backend.url, weight, version, "admin: backend added");
     until_applied(context, version).await?;
-    Ok(Reply::json(201, &BackendView::new(&backend, BackendState::Up)))
+    Ok(Reply::json(
+        201,
+        &BackendView::new(&backend, BackendState::Up),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -214,12 +263,21 @@ struct RemoveBackend {
 
 /// The id a `DELETE /backends` body names, by `url` or by `id`.
 fn removal_target(context: &AdminContext, body: &[u8]) -> Result<BackendId, ApiError> {
-    let request: RemoveBackend = parse_body(body, r#"{"url": "http://127.0.0.1:8085"} or {"id": 3}"#)?;
+    let request: RemoveBackend =
+        parse_body(body, r#"{"url": "http://127.0.0.1:8085"} or {"id": 3}"#)?;
     match (request.url, request.id) {
-        (Some(url), None) => find_by_url(context, &url).ok_or(ApiError::Pool(PoolError::Unknown(url))),
-        (None, Some(id)) => id.as_u64().ok_or_else(|| ApiError::MalformedBody(format!("id must be a backend's numeric id, not {id}"))),
-        (Some(_), Some(_)) => Err(ApiError::MalformedBody("name the backend by url or by id, not both".into())),
-        (None, None) => Err(ApiError::MalformedBody(r#"name the backend: {"url": "..."} or {"id": 3}"#.into())),
+        (Some(url), None) => {
+            find_by_url(context, &url).ok_or(ApiError::Pool(PoolError::Unknown(url)))
+        }
+        (None, Some(id)) => id.as_u64().ok_or_else(|| {
+            ApiError::MalformedBody(format!("id must be a backend's numeric id, not {id}"))
+        }),
+        (Some(_), Some(_)) => Err(ApiError::MalformedBody(
+            "name the backend by url or by id, not both".into(),
+        )),
+        (None, None) => Err(ApiError::MalformedBody(
+            r#"name the backend: {"url": "..."} or {"id": 3}"#.into(),
+        )),
     }
 }
 
@@ -227,7 +285,13 @@ fn removal_target(context: &AdminContext, body: &[u8]) -> Result<BackendId, ApiE
 /// no trailing slash), which is how the pool stores it.
 fn find_by_url(context: &AdminContext, url: &str) -> Option<BackendId> {
     let snapshot = context.plane.snapshot();
-    let find = |wanted: &str| snapshot.backends.iter().find(|(backend, _)| backend.url == wanted).map(|(backend, _)| backend.id);
+    let find = |wanted: &str| {
+        snapshot
+            .backends
+            .iter()
+            .find(|(backend, _)| backend.url == wanted)
+            .map(|(backend, _)| backend.id)
+    };
     find(url).or_else(|| find(&parse_backend_url(url).ok()?.0))
 }
 
@@ -252,11 +316,17 @@ struct SetStrategy {
 
 async fn set_strategy(context: &AdminContext, body: &[u8]) -> Result<Reply, ApiError> {
     let request: SetStrategy = parse_body(body, r#"{"strategy": "least_connections"}"#)?;
-    let strategy: StrategyKind = request.strategy.parse().map_err(ApiError::UnknownStrategy)?;
+    let strategy: StrategyKind = request
+        .strategy
+        .parse()
+        .map_err(ApiError::UnknownStrategy)?;
     let (previous, version) = context.plane.set_strategy(strategy);
     tracing::info!(%strategy, %previous, version, "admin: strategy set");
     until_applied(context, version).await?;
-    Ok(Reply::json(200, &serde_json::json!({ "strategy": strategy, "previous": previous, "version": version })))
+    Ok(Reply::json(
+        200,
+        &serde_json::json!({ "strategy": strategy, "previous": previous, "version": version }),
+    ))
 }
 
 /// Waits until every core routes by `version`.
@@ -268,8 +338,19 @@ async fn until_applied(context: &AdminContext, version: u64) -> Result<(), ApiEr
             return Err(ApiError::ShuttingDown);
         }
         if Instant::now() >= deadline {
-            let lagging = context.plane.workers.iter().enumerate().filter(|(_, w)| w.applied_version.get() < version).map(|(core, _)| core).collect();
-            return Err(ApiError::NotApplied { version, lagging, timeout: APPLY_TIMEOUT });
+            let lagging = context
+                .plane
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.applied_version.get() < version)
+                .map(|(core, _)| core)
+                .collect();
+            return Err(ApiError::NotApplied {
+                version,
+                lagging,
+                timeout: APPLY_TIMEOUT,
+            });
         }
         monoio::time::sleep(POLL_EVERY).await;
     }
@@ -295,11 +376,18 @@ mod tests {
     #[test]
     fn routes_and_allowed_methods() {
         assert_eq!(Route::parse("/status"), Some(Route::Status));
-        assert_eq!(Route::parse("/backends/12"), Some(Route::Backend("12".into())));
+        assert_eq!(
+            Route::parse("/backends/12"),
+            Some(Route::Backend("12".into()))
+        );
         assert_eq!(Route::parse("/backends/"), None);
         assert_eq!(Route::parse("/backends/1/x"), None);
         assert_eq!(Route::parse("/status/"), None);
-        assert_eq!(Route::parse("/histograms"), None, "not served until latency is recorded");
+        assert_eq!(
+            Route::parse("/histograms"),
+            None,
+            "not served until latency is recorded"
+        );
         assert_eq!(Route::Backends.allow(), "POST, DELETE");
     }
 
@@ -307,21 +395,36 @@ mod tests {
     fn errors_map_to_statuses_and_sentences() {
         let error = ApiError::UnknownStrategy("fastest".parse::<StrategyKind>().unwrap_err());
         assert_eq!(error.status(), 400);
-        assert!(error.to_string().contains("round_robin, least_connections"), "{error}");
-        assert_eq!(ApiError::Pool(PoolError::Duplicate("http://a:1".into())).status(), 409);
+        assert!(
+            error.to_string().contains("round_robin, least_connections"),
+            "{error}"
+        );
+        assert_eq!(
+            ApiError::Pool(PoolError::Duplicate("http://a:1".into())).status(),
+            409
+        );
         assert_eq!(ApiError::Pool(PoolError::Weight(0)).status(), 400);
         assert_eq!(ApiError::Pool(PoolError::Unknown("9".into())).status(), 404);
-        let reply = Reply::error(&ApiError::MethodNotAllowed { method: "GET".into(), path: "/backends".into(), allow: "POST, DELETE" });
+        let reply = Reply::error(&ApiError::MethodNotAllowed {
+            method: "GET".into(),
+            path: "/backends".into(),
+            allow: "POST, DELETE",
+        });
         assert_eq!((reply.status, reply.allow), (405, Some("POST, DELETE")));
         let body: Value = serde_json::from_slice(&reply.body).unwrap();
-        assert_eq!(body["error"], "/backends does not allow GET; use POST, DELETE");
+        assert_eq!(
+            body["error"],
+            "/backends does not allow GET; use POST, DELETE"
+        );
     }
 
     #[test]
     fn bodies_name_what_was_expected() {
         let error = parse_body::<AddBackend>(b"", "{}").err().unwrap();
         assert!(error.to_string().contains("empty"), "{error}");
-        let error = parse_body::<AddBackend>(br#"{"url": "http://a:1", "wieght": 2}"#, "{}").err().unwrap();
+        let error = parse_body::<AddBackend>(br#"{"url": "http://a:1", "wieght": 2}"#, "{}")
+            .err()
+            .unwrap();
         assert!(error.to_string().contains("wieght"), "{error}");
         let request: AddBackend = parse_body(br#"{"url": "http://a:1"}"#, "{}").unwrap();
         assert!(request.weight.is_none());

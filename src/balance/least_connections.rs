@@ -14,7 +14,11 @@ pub struct LeastConnections {
 
 impl Strategy for LeastConnections {
     #[inline]
-    fn pick<C: Candidate>(&self, candidates: &[C], mut eligible: impl FnMut(usize) -> bool) -> Option<usize> {
+    fn pick<C: Candidate>(
+        &self,
+        candidates: &[C],
+        mut eligible: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
         let count = candidates.len();
         if count == 0 {
             return None;
@@ -48,7 +52,7 @@ impl Strategy for LeastConnections {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::testing::{fixed, Fixed};
+    use crate::balance::testing::{Fixed, fixed};
 
     #[test]
     fn picks_least_loaded_eligible() {
@@ -63,7 +67,9 @@ mod tests {
     fn ties_rotate() {
         let lc = LeastConnections::default();
         let backends = fixed(&[0, 0, 0]);
-        let picks: Vec<_> = (0..3).map(|_| lc.pick(&backends, |_| true).unwrap()).collect();
+        let picks: Vec<_> = (0..3)
+            .map(|_| lc.pick(&backends, |_| true).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2]);
     }
 

@@ -23,7 +23,11 @@ pub trait Candidate {
 
 pub trait Strategy {
     /// Picks the index of one backend for which `eligible` holds, or `None`.
-    fn pick<C: Candidate>(&self, candidates: &[C], eligible: impl FnMut(usize) -> bool) -> Option<usize>;
+    fn pick<C: Candidate>(
+        &self,
+        candidates: &[C],
+        eligible: impl FnMut(usize) -> bool,
+    ) -> Option<usize>;
 }
 
 /// The strategies by name, as the CLI, the config file and the admin API spell them.
@@ -64,7 +68,12 @@ impl std::str::FromStr for StrategyKind {
         StrategyKind::ALL
             .into_iter()
             .find(|kind| kind.name() == s)
-            .ok_or_else(|| format!("unknown strategy {s:?} (valid: {})", StrategyKind::valid_names()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown strategy {s:?} (valid: {})",
+                    StrategyKind::valid_names()
+                )
+            })
     }
 }
 
@@ -78,7 +87,9 @@ impl Balancer {
     pub fn new(kind: StrategyKind, cursor: &SharedCursor) -> Balancer {
         match kind {
             StrategyKind::RoundRobin => Balancer::RoundRobin(RoundRobin::new(cursor.clone())),
-            StrategyKind::LeastConnections => Balancer::LeastConnections(LeastConnections::default()),
+            StrategyKind::LeastConnections => {
+                Balancer::LeastConnections(LeastConnections::default())
+            }
         }
     }
 
@@ -92,7 +103,11 @@ impl Balancer {
 
 impl Strategy for Balancer {
     #[inline]
-    fn pick<C: Candidate>(&self, candidates: &[C], eligible: impl FnMut(usize) -> bool) -> Option<usize> {
+    fn pick<C: Candidate>(
+        &self,
+        candidates: &[C],
+        eligible: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
         match self {
             Balancer::RoundRobin(strategy) => strategy.pick(candidates, eligible),
             Balancer::LeastConnections(strategy) => strategy.pick(candidates, eligible),
@@ -120,7 +135,10 @@ pub(crate) mod testing {
     }
 
     pub fn fixed(loads: &[u64]) -> Vec<Fixed> {
-        loads.iter().map(|&load| Fixed { load, weight: 1 }).collect()
+        loads
+            .iter()
+            .map(|&load| Fixed { load, weight: 1 })
+            .collect()
     }
 }
 
@@ -132,7 +150,10 @@ mod tests {
     fn names_round_trip() {
         for kind in StrategyKind::ALL {
             assert_eq!(kind.name().parse::<StrategyKind>(), Ok(kind));
-            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{}\"", kind.name()));
+            assert_eq!(
+                serde_json::to_string(&kind).unwrap(),
+                format!("\"{}\"", kind.name())
+            );
         }
         let error = "fastest".parse::<StrategyKind>().unwrap_err();
         assert!(error.contains("round_robin, least_connections"), "{error}");

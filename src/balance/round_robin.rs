@@ -8,8 +8,8 @@
 //! different cores can hit the same backend, and users read round-robin as
 //! "the backends in turn" across the whole proxy, as HAProxy does it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam::utils::CachePadded;
 
@@ -31,13 +31,19 @@ impl RoundRobin {
 
 impl Strategy for RoundRobin {
     #[inline]
-    fn pick<C: Candidate>(&self, candidates: &[C], mut eligible: impl FnMut(usize) -> bool) -> Option<usize> {
+    fn pick<C: Candidate>(
+        &self,
+        candidates: &[C],
+        mut eligible: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
         let count = candidates.len();
         if count == 0 {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % count;
-        (0..count).map(|offset| (start + offset) % count).find(|&index| eligible(index))
+        (0..count)
+            .map(|offset| (start + offset) % count)
+            .find(|&index| eligible(index))
     }
 }
 
@@ -50,9 +56,13 @@ mod tests {
     fn rotates_and_skips_ineligible() {
         let backends = fixed(&[0, 0, 0]);
         let rr = RoundRobin::default();
-        let picks: Vec<_> = (0..6).map(|_| rr.pick(&backends, |_| true).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| rr.pick(&backends, |_| true).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        let picks: Vec<_> = (0..4).map(|_| rr.pick(&backends, |i| i != 1).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| rr.pick(&backends, |i| i != 1).unwrap())
+            .collect();
         assert_eq!(picks, [0, 2, 2, 0]);
         assert_eq!(rr.pick(&backends, |_| false), None);
         assert_eq!(rr.pick(&fixed(&[]), |_| true), None);

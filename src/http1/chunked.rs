@@ -61,7 +61,13 @@ pub struct ChunkedDecoder {
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
-        ChunkedDecoder { state: State::SizeStart, remaining: 0, size_digits: 0, line_len: 0, trailer_len: 0 }
+        ChunkedDecoder {
+            state: State::SizeStart,
+            remaining: 0,
+            size_digits: 0,
+            line_len: 0,
+            trailer_len: 0,
+        }
     }
 }
 
@@ -81,21 +87,34 @@ impl ChunkedDecoder {
         let mut pos = 0;
         while pos < input.len() {
             if self.state == State::Data {
-                let take = (input.len() - pos).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let take =
+                    (input.len() - pos).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 self.remaining -= take as u64;
                 if self.remaining == 0 {
                     self.state = State::DataCr;
                 }
-                return Ok(Step { consumed: pos + take, data: pos..pos + take, done: false });
+                return Ok(Step {
+                    consumed: pos + take,
+                    data: pos..pos + take,
+                    done: false,
+                });
             }
             let byte = input[pos];
             pos += 1;
             self.advance(byte)?;
             if self.state == State::Done {
-                return Ok(Step { consumed: pos, data: pos..pos, done: true });
+                return Ok(Step {
+                    consumed: pos,
+                    data: pos..pos,
+                    done: true,
+                });
             }
         }
-        Ok(Step { consumed: pos, data: pos..pos, done: self.state == State::Done })
+        Ok(Step {
+            consumed: pos,
+            data: pos..pos,
+            done: self.state == State::Done,
+        })
     }
 
     fn advance(&mut self, byte: u8) -> Result<(), ChunkedError> {
@@ -139,7 +158,11 @@ impl ChunkedDecoder {
                 }
                 self.size_digits = 0;
                 self.line_len = 0;
-                if self.remaining == 0 { State::TrailerStart } else { State::Data }
+                if self.remaining == 0 {
+                    State::TrailerStart
+                } else {
+                    State::Data
+                }
             }
             State::DataCr => match byte {
                 b'\r' => State::DataLf,
@@ -255,7 +278,11 @@ mod tests {
             b"0\r\n folded\r\n\r\n",
         ];
         for case in cases {
-            assert!(decode_split(case, 64).is_err(), "{:?}", String::from_utf8_lossy(case));
+            assert!(
+                decode_split(case, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(case)
+            );
         }
     }
 

@@ -26,7 +26,9 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
         if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n = element.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+        let n = element
+            .iter()
+            .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
         match result {
             Some(previous) if previous != n => return None,
             _ => result = Some(n),
@@ -85,7 +87,9 @@ impl<'b> ConnectionOptions<'b> {
 
     /// Whether `name` was listed as a connection option.
     pub fn names(&self, name: &str) -> bool {
-        self.names[..self.len].iter().any(|listed| listed.eq_ignore_ascii_case(name.as_bytes()))
+        self.names[..self.len]
+            .iter()
+            .any(|listed| listed.eq_ignore_ascii_case(name.as_bytes()))
     }
 }
 
@@ -117,7 +121,16 @@ mod tests {
 
     #[test]
     fn hop_by_hop_set() {
-        for name in ["Connection", "keep-alive", "TE", "Trailer", "Upgrade", "Proxy-Connection", "Transfer-Encoding", "content-length"] {
+        for name in [
+            "Connection",
+            "keep-alive",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy-Connection",
+            "Transfer-Encoding",
+            "content-length",
+        ] {
             assert!(is_hop_by_hop(name), "{name}");
         }
         assert!(!is_hop_by_hop("Host"));

@@ -25,7 +25,11 @@ pub enum Version {
 
 impl Version {
     fn from_minor(minor: u8) -> Version {
-        if minor == 0 { Version::Http10 } else { Version::Http11 }
+        if minor == 0 {
+            Version::Http10
+        } else {
+            Version::Http11
+        }
     }
 
     /// The `received-protocol` of a `Via` entry (RFC 9110 §7.6.3).

@@ -4,8 +4,8 @@
 
 use std::mem::MaybeUninit;
 
-use super::fields::{list_elements, parse_content_length, ConnectionOptions};
-use super::{has_bare_lf, Version};
+use super::fields::{ConnectionOptions, list_elements, parse_content_length};
+use super::{Version, has_bare_lf};
 
 /// How the request body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +109,9 @@ pub fn parse<'b, 'h>(
     let head_len = match request.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::Version) if !is_well_formed_other_version(buf) => return Err(RequestError::RequestLine),
+        Err(httparse::Error::Version) if !is_well_formed_other_version(buf) => {
+            return Err(RequestError::RequestLine);
+        }
         Err(error) => return Err(map_parse_error(error)),
     };
     if has_bare_lf(&buf[..head_len]) {
@@ -144,10 +146,8 @@ pub fn parse<'b, 'h>(
                 }
                 host = Some(header.value);
             }
-            10 if name.eq_ignore_ascii_case("connection") => {
-                if !connection.add(header.value) {
-                    return Err(RequestError::TooManyConnectionOptions);
-                }
+            10 if name.eq_ignore_ascii_case("connection") && !connection.add(header.value) => {
+                return Err(RequestError::TooManyConnectionOptions);
             }
             14 if name.eq_ignore_ascii_case("content-length") => {
                 let n = parse_content_length(header.value).ok_or(RequestError::BadContentLength)?;
@@ -233,7 +233,10 @@ fn map_parse_error(error: httparse::Error) -> RequestError {
 /// Whether the request line is `method SP target SP HTTP/d.d` with a version
 /// other than 1.x: only that deserves 505; any other mess is a 400.
 fn is_well_formed_other_version(buf: &[u8]) -> bool {
-    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(buf.len());
+    let line_end = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
     let line = &buf[..line_end];
     let version = match line.iter().rposition(|&b| b == b' ') {
         Some(space) if line.iter().filter(|&&b| b == b' ').count() == 2 => &line[space + 1..],
@@ -244,12 +247,19 @@ fn is_well_formed_other_version(buf: &[u8]) -> bool {
 
 /// Splits a request target into the origin-form path to forward and, for the
 /// absolute form (RFC 9112 §3.2.2), its authority, which replaces Host.
-fn split_target<'b>(method: &str, target: &'b str) -> Result<(&'b str, Option<&'b [u8]>), RequestError> {
+fn split_target<'b>(
+    method: &str,
+    target: &'b str,
+) -> Result<(&'b str, Option<&'b [u8]>), RequestError> {
     if target.starts_with('/') {
         return Ok((target, None));
     }
     if target == "*" {
-        return if method == "OPTIONS" { Ok((target, None)) } else { Err(RequestError::BadTarget) };
+        return if method == "OPTIONS" {
+            Ok((target, None))
+        } else {
+            Err(RequestError::BadTarget)
+        };
     }
     let rest = strip_prefix_ignore_case(target, "http://")
         .or_else(|| strip_prefix_ignore_case(target, "https://"))
@@ -267,7 +277,8 @@ fn split_target<'b>(method: &str, target: &'b str) -> Result<(&'b str, Option<&'
 
 fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
     let head = value.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &value[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &value[prefix.len()..])
 }
 
 /// An authority (host[:port]) made only of characters a URI allows there
@@ -275,7 +286,28 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
 fn valid_authority(value: &[u8]) -> bool {
     !value.is_empty()
         && value.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b'%')
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b':'
+                        | b'['
+                        | b']'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b'%'
+                )
         })
 }
 
@@ -308,7 +340,11 @@ mod tests {
     #[test]
     fn incomplete_head_asks_for_more() {
         let mut headers = header_slots();
-        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut headers).unwrap().is_none());
+        assert!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut headers)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -320,9 +356,18 @@ mod tests {
 
     #[test]
     fn body_framing() {
-        assert_eq!(parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").0, BodyFraming::Length(5));
-        assert_eq!(parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n").0, BodyFraming::Length(5));
-        assert_eq!(parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n").0, BodyFraming::Chunked);
+        assert_eq!(
+            parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").0,
+            BodyFraming::Length(5)
+        );
+        assert_eq!(
+            parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n").0,
+            BodyFraming::Length(5)
+        );
+        assert_eq!(
+            parse_ok(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n").0,
+            BodyFraming::Chunked
+        );
     }
 
     #[test]
@@ -342,7 +387,12 @@ mod tests {
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", TransferEncodingInHttp10),
         ];
         for (raw, expected) in cases {
-            assert_eq!(parse_err(raw), *expected, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                parse_err(raw),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 
@@ -364,15 +414,29 @@ mod tests {
         ];
         for raw in cases {
             let error = parse_err(raw);
-            assert_eq!(error.status(), 400, "{:?} gave {error:?}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                error.status(),
+                400,
+                "{:?} gave {error:?}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 
     #[test]
     fn versions_and_methods() {
-        assert_eq!(parse_err(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").status(), 505);
-        assert_eq!(parse_err(b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n").status(), 405);
-        assert_eq!(parse_err(b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n").status(), 405);
+        assert_eq!(
+            parse_err(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").status(),
+            505
+        );
+        assert_eq!(
+            parse_err(b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n").status(),
+            405
+        );
+        assert_eq!(
+            parse_err(b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n").status(),
+            405
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 
 use std::mem::MaybeUninit;
 
-use super::fields::{list_elements, parse_content_length, ConnectionOptions};
 use super::Version;
+use super::fields::{ConnectionOptions, list_elements, parse_content_length};
 
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,11 @@ pub fn parse<'b, 'h>(
     request_is_head: bool,
 ) -> Result<Option<ResponseHead<'b, 'h>>, ResponseError> {
     let mut response = httparse::Response::new(&mut []);
-    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, headers) {
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::HeadTooLarge),
@@ -83,13 +87,12 @@ pub fn parse<'b, 'h>(
     for header in headers.iter() {
         let name = header.name;
         match name.len() {
-            10 if name.eq_ignore_ascii_case("connection") => {
-                if !connection.add(header.value) {
-                    return Err(ResponseError::Malformed);
-                }
+            10 if name.eq_ignore_ascii_case("connection") && !connection.add(header.value) => {
+                return Err(ResponseError::Malformed);
             }
             14 if name.eq_ignore_ascii_case("content-length") => {
-                let n = parse_content_length(header.value).ok_or(ResponseError::BadContentLength)?;
+                let n =
+                    parse_content_length(header.value).ok_or(ResponseError::BadContentLength)?;
                 if content_length.is_some_and(|previous| previous != n) {
                     return Err(ResponseError::BadContentLength);
                 }
@@ -106,7 +109,8 @@ pub fn parse<'b, 'h>(
         }
     }
 
-    let bodiless = request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let bodiless =
+        request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if bodiless {
         ResponseFraming::None
     } else if transfer_encoding {
@@ -137,7 +141,16 @@ pub fn parse<'b, 'h>(
             Version::Http11 => !connection.close,
             Version::Http10 => connection.keep_alive && !connection.close,
         };
-    Ok(Some(ResponseHead { status, reason, version, headers, head_len, framing, keep_alive, connection }))
+    Ok(Some(ResponseHead {
+        status,
+        reason,
+        version,
+        headers,
+        head_len,
+        framing,
+        keep_alive,
+        connection,
+    }))
 }
 
 #[cfg(test)]
@@ -152,30 +165,87 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false), Ok(ResponseFraming::Length(3)));
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true), Ok(ResponseFraming::None));
-        assert_eq!(framing(b"HTTP/1.1 204 No Content\r\n\r\n", false), Ok(ResponseFraming::None));
-        assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false), Ok(ResponseFraming::None));
-        assert_eq!(framing(b"HTTP/1.1 100 Continue\r\n\r\n", false), Ok(ResponseFraming::None));
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false), Ok(ResponseFraming::Chunked));
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n", false), Ok(ResponseFraming::UntilClose));
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false), Err(ResponseError::BadContentLength));
         assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", false),
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false),
+            Ok(ResponseFraming::Length(3))
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true),
+            Ok(ResponseFraming::None)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            Ok(ResponseFraming::None)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            Ok(ResponseFraming::None)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 100 Continue\r\n\r\n", false),
+            Ok(ResponseFraming::None)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Ok(ResponseFraming::Chunked)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
+            Ok(ResponseFraming::UntilClose)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false
+            ),
+            Err(ResponseError::BadContentLength)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
             Err(ResponseError::LengthAndTransferEncoding)
         );
-        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false), Err(ResponseError::UnsupportedTransferCoding));
-        assert_eq!(framing(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false), Err(ResponseError::SwitchingProtocols));
-        assert_eq!(framing(b"HTTP/1.1 2000 OK\r\n\r\n", false), Err(ResponseError::Malformed));
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
+            Err(ResponseError::UnsupportedTransferCoding)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+            Err(ResponseError::SwitchingProtocols)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 2000 OK\r\n\r\n", false),
+            Err(ResponseError::Malformed)
+        );
     }
 
     #[test]
     fn keep_alive_of_backend() {
         let mut headers = header_slots();
-        let head = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", &mut headers, false).unwrap().unwrap();
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            &mut headers,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!head.keep_alive);
         let mut headers = header_slots();
-        let head = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &mut headers, false).unwrap().unwrap();
+        let head = parse(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            &mut headers,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert!(!head.keep_alive);
     }
 }

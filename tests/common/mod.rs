@@ -84,7 +84,10 @@ pub fn driver_kind(choice: DriverChoice) -> DriverKind {
 /// Logs to the test output when `RUST_LOG` is set (debugging aid).
 pub fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 
@@ -109,11 +112,16 @@ pub fn test_config(driver: DriverChoice, backends: Vec<String>) -> Config {
 /// Starts a proxy and checks that it runs the driver that was asked for.
 pub fn start_server(config: Config) -> Server {
     init_logging();
-    assert!(!config.backends.is_empty(), "tests always name their backends");
+    assert!(
+        !config.backends.is_empty(),
+        "tests always name their backends"
+    );
     let choice = config.driver;
     let server = Server::start(config).expect("proxy starts");
     match (choice, server.driver()) {
-        (DriverChoice::Epoll, DriverKind::Epoll) | (DriverChoice::Uring, DriverKind::Uring | DriverKind::UringTuned) | (DriverChoice::Auto, _) => {}
+        (DriverChoice::Epoll, DriverKind::Epoll)
+        | (DriverChoice::Uring, DriverKind::Uring | DriverKind::UringTuned)
+        | (DriverChoice::Auto, _) => {}
         (asked, got) => panic!("asked for driver {asked:?}, the proxy runs {got:?}"),
     }
     server
@@ -126,7 +134,12 @@ pub fn start_mock(driver: DriverChoice, name: &str) -> MockBackend {
 
 /// A mock backend that delays every answer (other than /health) by `delay`.
 pub fn start_mock_with(driver: DriverChoice, name: &str, delay: Duration) -> MockBackend {
-    let config = MockConfig { name: Some(name.to_string()), delay, driver: driver_kind(driver), ..MockConfig::new("127.0.0.1:0".parse().unwrap()) };
+    let config = MockConfig {
+        name: Some(name.to_string()),
+        delay,
+        driver: driver_kind(driver),
+        ..MockConfig::new("127.0.0.1:0".parse().unwrap())
+    };
     MockBackend::start(config).expect("mock backend starts")
 }
 
@@ -144,11 +157,20 @@ impl Proxy {
     }
 
     /// As `start`, with the config adjusted by `tweak` (timeouts, strategy).
-    pub fn start_with(driver: DriverChoice, mocks: usize, tweak: impl FnOnce(&mut Config)) -> Proxy {
-        let mocks: Vec<MockBackend> = (0..mocks).map(|i| start_mock(driver, &format!("mock{i}"))).collect();
+    pub fn start_with(
+        driver: DriverChoice,
+        mocks: usize,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Proxy {
+        let mocks: Vec<MockBackend> = (0..mocks)
+            .map(|i| start_mock(driver, &format!("mock{i}")))
+            .collect();
         let mut config = test_config(driver, mocks.iter().map(MockBackend::url).collect());
         tweak(&mut config);
-        Proxy { server: start_server(config), mocks }
+        Proxy {
+            server: start_server(config),
+            mocks,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -169,7 +191,10 @@ impl Proxy {
     }
 
     pub fn mock_connections(&self) -> Vec<u64> {
-        self.mocks.iter().map(|m| m.counters().connections.load(Ordering::Relaxed)).collect()
+        self.mocks
+            .iter()
+            .map(|m| m.counters().connections.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The pool id of the backend at `url`.
@@ -192,7 +217,12 @@ pub fn backend_id(server: &Server, url: &str) -> BackendId {
 
 /// Waits until every core routes by pool version `version`.
 pub fn wait_applied(server: &Server, version: u64) {
-    assert!(server.control().wait_applied(version, Duration::from_secs(5)), "cores did not apply pool version {version} within 5 s");
+    assert!(
+        server
+            .control()
+            .wait_applied(version, Duration::from_secs(5)),
+        "cores did not apply pool version {version} within 5 s"
+    );
 }
 
 /// A URL nothing listens on: a port bound then released (connects are refused).
@@ -252,12 +282,19 @@ pub struct Response {
 impl Response {
     /// The first value of header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value of header `name`, in order.
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     pub fn has_header(&self, name: &str) -> bool {
@@ -270,7 +307,10 @@ impl Response {
 
     /// Whether `Connection` lists `option`.
     pub fn connection_has(&self, option: &str) -> bool {
-        self.headers_named("connection").iter().flat_map(|v| v.split(',')).any(|o| o.trim().eq_ignore_ascii_case(option))
+        self.headers_named("connection")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|o| o.trim().eq_ignore_ascii_case(option))
     }
 }
 
@@ -280,7 +320,11 @@ pub fn get(path: &str) -> Vec<u8> {
 }
 
 pub fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut request = format!("POST {path} HTTP/1.1\r\nHost: test.local\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test.local\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     request.extend_from_slice(body);
     request
 }
@@ -304,7 +348,9 @@ pub fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
 
 /// Deterministic, non-repeating-looking test payload.
 pub fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 ^ ((i >> 8) as u8)).collect()
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ ((i >> 8) as u8))
+        .collect()
 }
 
 /// `read`, retried when a signal interrupts it (std does not retry `read`).
@@ -318,7 +364,10 @@ pub fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize
 }
 
 fn is_timeout(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// How a connection ended when read to its end.
@@ -335,15 +384,21 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect to proxy {addr}: {e}"));
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to proxy {addr}: {e}"));
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap_or_else(|e| panic!("writing to the proxy: {e}"));
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("writing to the proxy: {e}"));
     }
 
     /// Sends a GET and reads its response.
@@ -366,12 +421,14 @@ impl Client {
 
     /// Reads one response to a non-HEAD request; panics on timeout or EOF.
     pub fn read_response(&mut self) -> Response {
-        self.try_read_response(false).unwrap_or_else(|e| panic!("reading a response: {e}"))
+        self.try_read_response(false)
+            .unwrap_or_else(|e| panic!("reading a response: {e}"))
     }
 
     /// Reads one response to a HEAD request (no body whatever the framing).
     pub fn read_head_response(&mut self) -> Response {
-        self.try_read_response(true).unwrap_or_else(|e| panic!("reading a response: {e}"))
+        self.try_read_response(true)
+            .unwrap_or_else(|e| panic!("reading a response: {e}"))
     }
 
     /// Reads one response (interim 1xx ones included, as their own response).
@@ -383,43 +440,74 @@ impl Client {
                 break at + 4;
             }
             if self.buf.len() > 64 * 1024 {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "response head over 64 KiB"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response head over 64 KiB",
+                ));
             }
             if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("EOF in response head after {:?}", String::from_utf8_lossy(&self.buf))));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "EOF in response head after {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ),
+                ));
             }
         };
         let head: Vec<u8> = self.buf.drain(..head_end).collect();
-        let head = String::from_utf8(head).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "response head is not UTF-8"))?;
+        let head = String::from_utf8(head).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "response head is not UTF-8")
+        })?;
         let mut lines = head[..head.len() - 4].split("\r\n");
         let status_line = lines.next().unwrap_or_default();
         let mut parts = status_line.splitn(3, ' ');
         let version = parts.next().unwrap_or_default().to_string();
-        let status: u16 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
         let reason = parts.next().unwrap_or_default().to_string();
         if !version.starts_with("HTTP/1.") {
             return Err(invalid(format!("bad status line {status_line:?}")));
         }
         let mut headers = Vec::new();
         for line in lines {
-            let (name, value) = line.split_once(':').ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
-            if name.is_empty() || name.contains([' ', '\t', '\n', '\r']) || value.contains(['\r', '\n']) {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
+            if name.is_empty()
+                || name.contains([' ', '\t', '\n', '\r'])
+                || value.contains(['\r', '\n'])
+            {
                 return Err(invalid(format!("bad header line {line:?}")));
             }
             headers.push((name.to_string(), value.trim().to_string()));
         }
-        let mut response = Response { version, status, reason, headers, body: Vec::new(), framing: Framing::None, head };
+        let mut response = Response {
+            version,
+            status,
+            reason,
+            headers,
+            body: Vec::new(),
+            framing: Framing::None,
+            head,
+        };
 
         if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
             return Ok(response);
         }
-        let chunked = response.headers_named("transfer-encoding").iter().any(|v| v.split(',').any(|c| c.trim().eq_ignore_ascii_case("chunked")));
+        let chunked = response.headers_named("transfer-encoding").iter().any(|v| {
+            v.split(',')
+                .any(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        });
         if chunked {
             let mut sizes = Vec::new();
             loop {
                 let line = self.read_line()?;
                 let size_text = line.split(';').next().unwrap_or_default().trim();
-                let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
+                let size = usize::from_str_radix(size_text, 16)
+                    .map_err(|_| invalid(format!("bad chunk size line {line:?}")))?;
                 if size == 0 {
                     // Trailer section, then the final CRLF.
                     while !self.read_line()?.is_empty() {}
@@ -433,7 +521,9 @@ impl Client {
             }
             response.framing = Framing::Chunked(sizes);
         } else if let Some(length) = response.header("content-length") {
-            let length: u64 = length.parse().map_err(|_| invalid(format!("bad Content-Length {length:?}")))?;
+            let length: u64 = length
+                .parse()
+                .map_err(|_| invalid(format!("bad Content-Length {length:?}")))?;
             self.read_exact_into(length as usize, &mut response.body)?;
             response.framing = Framing::Length(length);
         } else {
@@ -443,7 +533,12 @@ impl Client {
                 match read_retrying(&mut self.stream, &mut chunk) {
                     Ok(0) => break,
                     Ok(n) => body.extend_from_slice(&chunk[..n]),
-                    Err(e) if is_timeout(&e) => return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out reading a close-delimited body")),
+                    Err(e) if is_timeout(&e) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out reading a close-delimited body",
+                        ));
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -475,7 +570,10 @@ impl Client {
             match read_retrying(&mut self.stream, &mut chunk) {
                 Ok(0) => return (bytes, End::Eof),
                 Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-                Err(e) if is_timeout(&e) => panic!("the proxy did not close the connection within {IO_TIMEOUT:?} (read {} bytes)", bytes.len()),
+                Err(e) if is_timeout(&e) => panic!(
+                    "the proxy did not close the connection within {IO_TIMEOUT:?} (read {} bytes)",
+                    bytes.len()
+                ),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (bytes, End::Reset),
                 Err(e) => panic!("reading to the end: {e}"),
             }
@@ -485,7 +583,12 @@ impl Client {
     /// Asserts that the proxy closes the connection with nothing more to read.
     pub fn expect_closed(&mut self) {
         let (bytes, _) = self.read_to_end();
-        assert!(bytes.is_empty(), "expected the connection to close, got {} more bytes: {:?}", bytes.len(), String::from_utf8_lossy(&bytes[..bytes.len().min(200)]));
+        assert!(
+            bytes.is_empty(),
+            "expected the connection to close, got {} more bytes: {:?}",
+            bytes.len(),
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        );
     }
 
     /// Whether the connection is still open: nothing to read within `wait`,
@@ -515,7 +618,10 @@ impl Client {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(n)
             }
-            Err(e) if is_timeout(&e) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("no response within {IO_TIMEOUT:?}"))),
+            Err(e) if is_timeout(&e) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no response within {IO_TIMEOUT:?}"),
+            )),
             Err(e) => Err(e),
         }
     }
@@ -527,7 +633,10 @@ impl Client {
                 return Ok(String::from_utf8_lossy(&line[..at]).into_owned());
             }
             if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF in a chunked body"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "EOF in a chunked body",
+                ));
             }
         }
     }
@@ -536,7 +645,10 @@ impl Client {
         let start = out.len();
         while out.len() - start < n {
             if self.buf.is_empty() && self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("EOF after {} of {n} body bytes", out.len() - start)));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF after {} of {n} body bytes", out.len() - start),
+                ));
             }
             let take = self.buf.len().min(n - (out.len() - start));
             out.extend(self.buf.drain(..take));
@@ -608,7 +720,12 @@ impl RawConn {
         let mut parts = head.split(' ');
         let method = parts.next().unwrap_or_default().to_string();
         let path = parts.next().unwrap_or_default().to_string();
-        let mut request = RawRequest { head, method, path, body: Vec::new() };
+        let mut request = RawRequest {
+            head,
+            method,
+            path,
+            body: Vec::new(),
+        };
         // Recorded as soon as the head is in: a test counts requests that arrived.
         let index = {
             let mut requests = self.requests.lock().unwrap();
@@ -623,7 +740,10 @@ impl RawConn {
                 }
             }
             request.body = self.buf.drain(..length).collect();
-        } else if request.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        } else if request
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
             loop {
                 let line = self.read_line()?;
                 let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
@@ -713,8 +833,14 @@ impl RawBackend {
         let threads = Arc::new(Mutex::new(Vec::new()));
         let handler = Arc::new(handler);
         let acceptor = {
-            let (requests, connections, active, stop, open, threads) =
-                (requests.clone(), connections.clone(), active.clone(), stop.clone(), open.clone(), threads.clone());
+            let (requests, connections, active, stop, open, threads) = (
+                requests.clone(),
+                connections.clone(),
+                active.clone(),
+                stop.clone(),
+                open.clone(),
+                threads.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("raw-{}", addr.port()))
                 .spawn(move || {
@@ -730,7 +856,11 @@ impl RawBackend {
                         if let Ok(clone) = stream.try_clone() {
                             open.lock().unwrap().push((number, clone));
                         }
-                        let conn = RawConn { stream, buf: Vec::new(), requests: requests.clone() };
+                        let conn = RawConn {
+                            stream,
+                            buf: Vec::new(),
+                            requests: requests.clone(),
+                        };
                         let handler = handler.clone();
                         active.fetch_add(1, Ordering::AcqRel);
                         let (active, open) = (active.clone(), open.clone());
@@ -745,7 +875,16 @@ impl RawBackend {
                 })
                 .unwrap()
         };
-        RawBackend { addr, requests, connections, active, stop, open, threads, acceptor: Some(acceptor) }
+        RawBackend {
+            addr,
+            requests,
+            connections,
+            active,
+            stop,
+            open,
+            threads,
+            acceptor: Some(acceptor),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
