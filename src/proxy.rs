@@ -78,6 +78,9 @@ const PARK_AFTER: Duration = Duration::from_millis(250);
 /// does not fit continues in a pooled buffer (nginx's
 /// client_header_buffer_size is 1 KiB too).
 const IDLE_BUFFER: usize = 1024;
+/// A parked connection's buffer: the first bytes of a request wake it, the
+/// rest is read into a pooled buffer.
+const PARKED_BUFFER: usize = 128;
 
 /// While a slow backend thinks, the client connection is watched for a close
 /// (so the exchange is abandoned at once). Watching costs a cancelled read, so
@@ -177,16 +180,19 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
             rd,
             buf: Vec::new(),
             pos: 0,
-            idle_buf: Vec::with_capacity(IDLE_BUFFER),
+            idle_buf: Vec::new(),
         },
         output: wr,
         client_ip: peer.ip().to_canonical().to_string().into_boxed_str(),
-        request_id: Vec::with_capacity(64),
-        up_head: Vec::with_capacity(1024),
+        request_id: Vec::new(),
+        up_head: Vec::new(),
         canceller: Canceller::new(),
         core,
     };
-    serve(conn).await;
+    // A new connection starts parked: until its first bytes arrive it costs
+    // a small task, not a serving one.
+    let timeout = conn.core.settings.idle_timeout;
+    park(conn, timeout).await;
 }
 
 /// Serves requests until the connection closes, or idles long enough to be
@@ -199,7 +205,8 @@ async fn serve(mut conn: Connection) {
                 Wait::Data => {}
                 Wait::Closed => return,
                 Wait::Park => {
-                    monoio::spawn(park(conn));
+                    let timeout = conn.core.settings.idle_timeout.saturating_sub(PARK_AFTER);
+                    monoio::spawn(park(conn, timeout));
                     return;
                 }
             }
@@ -211,18 +218,19 @@ async fn serve(mut conn: Connection) {
 }
 
 /// A parked connection: no pooled buffer, a small read waits for the next
-/// request (or the rest of the idle timeout), then a serving task resumes.
-async fn park(mut conn: Connection) {
+/// request (for at most `timeout`), then a serving task resumes with the
+/// bytes that arrived.
+async fn park(mut conn: Connection, timeout: Duration) {
     let core = conn.core.clone();
     conn.up_head = Vec::new();
     conn.request_id = Vec::new();
-    let remaining = core.settings.idle_timeout.saturating_sub(PARK_AFTER);
-    match monoio::time::timeout(remaining, conn.input.read_idle()).await {
-        Ok(Ok(n)) if n > 0 => {}
+    conn.input.idle_buf = Vec::with_capacity(PARKED_BUFFER);
+    let n = match monoio::time::timeout(timeout, conn.input.read_idle()).await {
+        Ok(Ok(n)) if n > 0 => n,
         _ => return,
-    }
-    conn.up_head = Vec::with_capacity(1024);
-    conn.request_id = Vec::with_capacity(64);
+    };
+    conn.input.resume(&core.buffers, n);
+    conn.input.idle_buf = Vec::with_capacity(IDLE_BUFFER);
     // Boxed to break the type cycle serve -> park -> serve; once per wake-up.
     let resumed: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = Box::pin(serve(conn));
     monoio::spawn(resumed);

@@ -242,3 +242,34 @@ both_drivers! {
         assert_eq!(client.get("/second").status, 200);
     }
 }
+
+both_drivers! {
+    fn an_idle_keep_alive_connection_is_parked_and_resumes(driver) {
+        // An idle connection hands over to a small task after 250 ms; the
+        // first bytes of its next request must wake it and reach the backend,
+        // also when they arrive in pieces.
+        let proxy = Proxy::start(driver, 1);
+        let mut client = proxy.client();
+        assert_eq!(client.get("/first").status, 200);
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let response = client.get("/after-idle");
+        assert_eq!(response.status, 200, "{}", response.head);
+        assert!(response.body_text().contains("path=/after-idle "), "{}", response.body_text());
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        client.send(b"GET /in-pie");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let response = client.request(b"ces HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        assert_eq!(response.status, 200, "{}", response.head);
+        assert!(response.body_text().contains("path=/in-pieces "), "{}", response.body_text());
+    }
+
+    fn a_new_connection_that_waits_before_its_first_request_is_served(driver) {
+        let proxy = Proxy::start(driver, 1);
+        let mut client = proxy.client();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let long_path = format!("/{}", "p".repeat(3000));
+        let response = client.get(&long_path);
+        assert_eq!(response.status, 200, "{}", response.head);
+        assert!(response.body_text().contains(&long_path), "head longer than the parked buffer must arrive whole");
+    }
+}
