@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 both_drivers! {
     fn server_shutdown_closes_client_connections(driver) {
@@ -39,5 +39,22 @@ both_drivers! {
         assert_eq!(client.get("/delay/20").status, 200);
         let next = client.try_request(&get("/after-delay"));
         assert_eq!(next.map(|r| r.status).map_err(|e| e.to_string()), Ok(200), "the mock broke its keep-alive connection after /delay");
+    }
+}
+
+both_drivers! {
+    fn idle_keep_alive_connections_are_closed_after_the_idle_timeout(driver) {
+        // One timeout shorter than the park delay (a timer in the serving
+        // task), one longer (the parked connection's deadline, swept once a
+        // second): both close the connection, neither before its time.
+        for (idle_timeout, open_until, closed_by) in [(Duration::from_millis(200), Duration::from_millis(100), Duration::from_secs(2)), (Duration::from_millis(1500), Duration::from_millis(1000), Duration::from_secs(4))] {
+            let proxy = Proxy::start_with(driver, 1, |config| config.idle_timeout = idle_timeout);
+            let mut client = proxy.client();
+            assert_eq!(client.get("/").status, 200);
+            let started = Instant::now();
+            assert!(client.is_open_after(open_until), "closed before the {idle_timeout:?} idle timeout");
+            let remaining = closed_by.saturating_sub(started.elapsed());
+            assert!(!client.is_open_after(remaining), "still open {closed_by:?} after the request, idle timeout {idle_timeout:?}");
+        }
     }
 }
