@@ -64,7 +64,7 @@ impl Default for ProxySettings {
             request_head_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             upstream_idle_timeout: Duration::from_secs(30),
-            max_idle_per_backend: 256,
+            max_idle_per_backend: 1024,
             buffer_size: 16 * 1024,
         }
     }
@@ -477,18 +477,14 @@ impl Connection {
             match self.prepare() {
                 Prepared::Ready(plan) => break plan,
                 Prepared::Refuse(status, message) => {
-                    self.core
-                        .plane
-                        .workers
-                        .core(self.core.core())
-                        .requests
-                        .add(1);
+                    self.count_request();
                     self.respond_local(status, message, true).await;
                     return false;
                 }
                 Prepared::Incomplete => {}
             }
             if self.input.is_full() {
+                self.count_request();
                 self.respond_local(431, "request head too large", true)
                     .await;
                 return false;
@@ -499,18 +495,14 @@ impl Connection {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return false,
                 Err(_) => {
+                    self.count_request();
                     self.respond_local(408, "request head not received in time", true)
                         .await;
                     return false;
                 }
             }
         };
-        self.core
-            .plane
-            .workers
-            .core(self.core.core())
-            .requests
-            .add(1);
+        self.count_request();
         match self.exchange(&plan).await {
             Outcome::Relayed { keep_client } => keep_client,
             Outcome::Failed {
@@ -520,6 +512,16 @@ impl Connection {
             } => self.respond_local(status, message, !keep_client).await && keep_client,
             Outcome::Abort => false,
         }
+    }
+
+    /// Counts a request this core answered (forwarded or refused).
+    fn count_request(&self) {
+        self.core
+            .plane
+            .workers
+            .core(self.core.core())
+            .requests
+            .add(1);
     }
 
     /// Parses the pending head, picks a first backend and writes the upstream
