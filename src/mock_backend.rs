@@ -34,6 +34,7 @@ use crate::runtime::{self, DriverKind};
 /// larger ones are echoed while they arrive.
 const BUFFERED_ECHO: usize = 64 * 1024;
 const FILL: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+const CHUNKED: &[u8] = b"Transfer-Encoding: chunked\r\n";
 
 #[derive(Debug, Clone)]
 pub struct MockConfig {
@@ -361,14 +362,7 @@ async fn answer(conn: &mut Conn, request: &Request, shared: &Shared) -> io::Resu
             conn.flush().await?;
         }
         ("chunked", Some(n)) => {
-            write_head(
-                conn,
-                status,
-                None,
-                request,
-                shared,
-                b"Transfer-Encoding: chunked\r\n",
-            );
+            write_head(conn, status, None, request, shared, CHUNKED);
             if !bodiless {
                 let mut left = n as usize;
                 while left > 0 {
@@ -565,14 +559,7 @@ async fn echo(
                     return Ok(true);
                 }
                 if !streaming && body.len() > BUFFERED_ECHO {
-                    write_head(
-                        conn,
-                        status,
-                        None,
-                        request,
-                        shared,
-                        b"Transfer-Encoding: chunked\r\n",
-                    );
+                    write_head(conn, status, None, request, shared, CHUNKED);
                     streaming = true;
                 }
                 if streaming {
