@@ -704,6 +704,7 @@ impl Connection {
         let progress = UploadProgress {
             phase: Cell::new(UploadPhase::Sending),
             request_read: Cell::new(!plan.has_body()),
+            watch_client: Cell::new(false),
         };
         let response_started = Cell::new(false);
         let watch = self.canceller.handle();
@@ -891,6 +892,10 @@ struct UploadProgress {
     /// The whole request body has been read from the client, so the client
     /// connection is at a message boundary.
     request_read: Cell<bool>,
+    /// Set by the download side once the response is `WATCH_AFTER` late:
+    /// the upload side then watches the client. The download's timer serves
+    /// both, so a fast exchange sets one timer, not two.
+    watch_client: Cell<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -978,7 +983,16 @@ async fn upload(
     }
 
     phase.set(UploadPhase::Sent);
-    monoio::time::sleep(WATCH_AFTER).await;
+    // Both halves of the exchange are polled whenever its task wakes, so the
+    // flag set by the download side is seen without a waker of its own.
+    std::future::poll_fn(|_| {
+        if progress.watch_client.get() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
     if input.buf.len() == input.buf.capacity() {
         // Pipelined requests fill the buffer: the client is evidently there.
         return Ok(());
@@ -1109,6 +1123,41 @@ async fn read_upstream(
     }
 }
 
+/// Reads response-head bytes until `deadline` (504). A response that is
+/// `WATCH_AFTER` late flags the upload side to watch the client.
+async fn read_head_bytes(
+    rd: &mut TcpOwnedReadHalf,
+    buf: &mut Vec<u8>,
+    watch_client: &Cell<bool>,
+    deadline: Instant,
+) -> Result<usize, DownloadError> {
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let mut read = std::pin::pin!(rd.read(owned.slice_mut(len..cap)));
+    let (result, slice) = if watch_client.get() {
+        monoio::time::timeout_at(deadline.into(), read.as_mut())
+            .await
+            .map_err(|_| DownloadError::Timeout)?
+    } else {
+        monoio::select! {
+            biased;
+            done = read.as_mut() => done,
+            _ = monoio::time::sleep(WATCH_AFTER) => {
+                watch_client.set(true);
+                monoio::time::timeout_at(deadline.into(), read.as_mut())
+                    .await
+                    .map_err(|_| DownloadError::Timeout)?
+            }
+        }
+    };
+    *buf = slice.into_inner();
+    match result {
+        Ok(0) => Err(DownloadError::Closed),
+        Ok(n) => Ok(n),
+        Err(error) => Err(DownloadError::Io(error)),
+    }
+}
+
 async fn write_client(
     wr: &mut TcpOwnedWriteHalf,
     buf: &mut Vec<u8>,
@@ -1136,6 +1185,7 @@ async fn download(
         response: buf,
         scratch,
     } = bufs;
+    let head_deadline = Instant::now() + settings.response_timeout;
     // The backend's bytes land after HEADROOM free bytes, where the client's
     // head can be put right before the first body bytes: one write, and no
     // copy of the body.
@@ -1183,7 +1233,7 @@ async fn download(
             if buf.len() - HEADROOM >= settings.buffer_size {
                 return Err(response::ResponseError::HeadTooLarge.into());
             }
-            match read_upstream(rd, buf, settings.response_timeout).await {
+            match read_head_bytes(rd, buf, &progress.watch_client, head_deadline).await {
                 Ok(_) => {}
                 Err(error @ (DownloadError::Closed | DownloadError::Io(_)))
                     if buf.len() == HEADROOM && interim == 0 =>
