@@ -415,7 +415,7 @@ impl Plan {
 enum Prepared {
     Ready(Plan),
     Incomplete,
-    Refuse(u16, &'static str),
+    Refuse(request::RequestError),
 }
 
 /// How an exchange ended.
@@ -476,9 +476,11 @@ impl Connection {
         let plan = loop {
             match self.prepare() {
                 Prepared::Ready(plan) => break plan,
-                Prepared::Refuse(status, message) => {
+                Prepared::Refuse(error) => {
                     self.count_request();
-                    self.respond_local(status, message, true).await;
+                    // Its Display is the client-facing sentence (refusals only).
+                    self.respond_local(error.status(), &error.to_string(), true)
+                        .await;
                     return false;
                 }
                 Prepared::Incomplete => {}
@@ -531,7 +533,7 @@ impl Connection {
         let head = match request::parse(self.input.pending(), &mut headers) {
             Ok(Some(head)) => head,
             Ok(None) => return Prepared::Incomplete,
-            Err(error) => return Prepared::Refuse(error.status(), refusal_message(error)),
+            Err(error) => return Prepared::Refuse(error),
         };
         self.request_id.clear();
         match rewrite::find_request_id(head.headers) {
@@ -829,28 +831,6 @@ impl Connection {
     }
 }
 
-fn refusal_message(error: request::RequestError) -> &'static str {
-    use request::RequestError::*;
-    match error {
-        HeadTooLarge => "request head too large",
-        TooManyHeaders => "too many header fields",
-        RequestLine => "malformed request line",
-        Version => "HTTP version not supported",
-        HeaderField => "malformed header field",
-        BareLf => "bare LF in request head; lines must end with CRLF",
-        MissingHost => "missing Host header",
-        DuplicateHost => "more than one Host header",
-        LengthAndTransferEncoding => "both Content-Length and Transfer-Encoding",
-        BadContentLength => "malformed or conflicting Content-Length",
-        TransferEncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
-        NotFinallyChunked => "Transfer-Encoding must end with a single chunked",
-        UnsupportedTransferCoding => "transfer coding not supported",
-        TooManyConnectionOptions => "too many Connection options",
-        MethodNotSupported => "method not supported by this proxy",
-        BadTarget => "malformed request target",
-    }
-}
-
 /// A request id unique within this process run: start-time prefix, core, sequence.
 fn generate_request_id(out: &mut Vec<u8>, core: &CoreContext) {
     let seq = core.request_seq.get();
@@ -1116,11 +1096,7 @@ async fn read_upstream(
             Err(_) => return Err(DownloadError::Timeout),
         };
     *buf = slice.into_inner();
-    match result {
-        Ok(0) => Err(DownloadError::Closed),
-        Ok(n) => Ok(n),
-        Err(error) => Err(DownloadError::Io(error)),
-    }
+    read_outcome(result)
 }
 
 /// Reads response-head bytes until `deadline` (504). A response that is
@@ -1151,6 +1127,11 @@ async fn read_head_bytes(
         }
     };
     *buf = slice.into_inner();
+    read_outcome(result)
+}
+
+/// A backend read's result: EOF is `Closed`.
+fn read_outcome(result: io::Result<usize>) -> Result<usize, DownloadError> {
     match result {
         Ok(0) => Err(DownloadError::Closed),
         Ok(n) => Ok(n),

@@ -18,7 +18,8 @@ pub enum BodyFraming {
     Chunked,
 }
 
-/// Why a request head was refused; each maps to one status code.
+/// Why a request head was refused; each maps to one status code, and its
+/// message is the body of the answer the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     #[error("request head too large")]
@@ -27,11 +28,11 @@ pub enum RequestError {
     TooManyHeaders,
     #[error("malformed request line")]
     RequestLine,
-    #[error("unsupported HTTP version")]
+    #[error("HTTP version not supported")]
     Version,
     #[error("malformed header field")]
     HeaderField,
-    #[error("bare LF line terminator")]
+    #[error("bare LF in request head; lines must end with CRLF")]
     BareLf,
     #[error("missing Host header")]
     MissingHost,
@@ -43,9 +44,9 @@ pub enum RequestError {
     BadContentLength,
     #[error("Transfer-Encoding in an HTTP/1.0 request")]
     TransferEncodingInHttp10,
-    #[error("Transfer-Encoding does not end in a single chunked")]
+    #[error("Transfer-Encoding must end with a single chunked")]
     NotFinallyChunked,
-    #[error("unsupported transfer coding")]
+    #[error("transfer coding not supported")]
     UnsupportedTransferCoding,
     #[error("too many Connection options")]
     TooManyConnectionOptions,
