@@ -1,11 +1,19 @@
 //! Per-core pool of I/O buffers, so that no request allocates: a connection
 //! takes its buffers when it needs them and gives them back when it goes
 //! idle or closes. Single-threaded (`RefCell`), one pool per worker core.
+//!
+//! The pool keeps as many buffers as a burst needed (up to `max_free`), so
+//! that 1,000 concurrent responses do not each allocate, fault in and hand
+//! back 64 KiB; `trim` (called once a second by the core's sweep) drops
+//! the buffers no one took since the last trim.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 pub struct BufferPool {
     free: RefCell<Vec<Vec<u8>>>,
+    /// The fewest buffers that were free at any moment since the last trim:
+    /// that many were not needed in the whole interval.
+    low_water: Cell<usize>,
     buffer_size: usize,
     max_free: usize,
 }
@@ -14,6 +22,7 @@ impl BufferPool {
     pub fn new(buffer_size: usize, max_free: usize) -> Self {
         BufferPool {
             free: RefCell::new(Vec::new()),
+            low_water: Cell::new(0),
             buffer_size,
             max_free,
         }
@@ -21,10 +30,10 @@ impl BufferPool {
 
     /// An empty buffer with `buffer_size` capacity.
     pub fn take(&self) -> Vec<u8> {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.buffer_size))
+        let mut free = self.free.borrow_mut();
+        let buf = free.pop();
+        self.low_water.set(self.low_water.get().min(free.len()));
+        buf.unwrap_or_else(|| Vec::with_capacity(self.buffer_size))
     }
 
     /// Returns a buffer; ones of the wrong size (lost to a cancelled read and
@@ -38,6 +47,18 @@ impl BufferPool {
             buf.clear();
             free.push(buf);
         }
+    }
+
+    /// Frees the buffers that stayed unused since the previous call; returns
+    /// the bytes freed.
+    pub fn trim(&self) -> usize {
+        let mut free = self.free.borrow_mut();
+        let unused = self.low_water.get().min(free.len());
+        let keep = free.len() - unused;
+        free.truncate(keep);
+        free.shrink_to(keep);
+        self.low_water.set(keep);
+        unused * self.buffer_size
     }
 
     pub fn buffer_size(&self) -> usize {
@@ -62,5 +83,20 @@ mod tests {
         pool.give(b);
         pool.give(Vec::with_capacity(64)); // over max_free: dropped
         assert_eq!(pool.free.borrow().len(), 1);
+    }
+
+    #[test]
+    fn trim_frees_only_buffers_unused_since_the_last_trim() {
+        let pool = BufferPool::new(64, 8);
+        let burst: Vec<_> = (0..5).map(|_| pool.take()).collect();
+        burst.into_iter().for_each(|b| pool.give(b));
+        pool.trim(); // all five were in use during the interval
+        assert_eq!(pool.free.borrow().len(), 5);
+        let two = [pool.take(), pool.take()];
+        two.into_iter().for_each(|b| pool.give(b));
+        pool.trim(); // three were never taken in this interval
+        assert_eq!(pool.free.borrow().len(), 2);
+        pool.trim(); // none taken at all
+        assert_eq!(pool.free.borrow().len(), 0);
     }
 }

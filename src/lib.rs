@@ -17,7 +17,9 @@
 //! - [`balance`]: the `Strategy` trait and its strategies, one file each.
 //! - [`upstream`]: backend connections and the per-core idle keep-alive pool.
 //! - [`buffer`]: per-core pool of I/O buffers.
+//! - [`ticker`]: coarse per-core timers for the waits every request makes.
 //! - [`metrics`]: per-core counters, summed when read.
+//! - [`memory`]: the allocator (jemalloc) and handing freed pages back.
 //! - [`admin`]: the admin API on the control plane.
 //! - [`mock_backend`]: the mock backends used by the demo, tests and benches.
 
@@ -27,12 +29,14 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod http1;
+pub mod memory;
 pub mod metrics;
 pub mod mock_backend;
 pub mod pool;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod ticker;
 pub mod upstream;
 pub mod worker;
 

@@ -35,6 +35,7 @@ use crate::http1::{
 };
 use crate::metrics::ActiveGuard;
 use crate::pool::{BackendId, ControlPlane, LocalBackend, LocalPool, MAX_ATTEMPTS};
+use crate::ticker::{TICK, Ticker};
 use crate::upstream::{self, UpstreamConn};
 
 /// Data-path settings, the same on every core.
@@ -74,6 +75,7 @@ impl Default for ProxySettings {
 /// ends and a small one waits for the next request, so that thousands of
 /// idle keep-alive connections cost little memory. Busy ones never park.
 const PARK_AFTER: Duration = Duration::from_millis(250);
+const PARK_TICKS: u32 = (PARK_AFTER.as_millis() / TICK.as_millis()) as u32;
 /// Per-connection buffer for the wait between requests; a request head that
 /// does not fit continues in a pooled buffer (nginx's
 /// client_header_buffer_size is 1 KiB too).
@@ -84,8 +86,9 @@ const PARKED_BUFFER: usize = 128;
 
 /// While a slow backend thinks, the client connection is watched for a close
 /// (so the exchange is abandoned at once). Watching costs a cancelled read, so
-/// it starts only once a response is this late; fast responses never pay it.
-const WATCH_AFTER: Duration = Duration::from_millis(5);
+/// it starts only once a response is this late (one to two ticks, 5-10 ms);
+/// fast responses never pay it.
+const WATCH_TICKS: u32 = 1;
 
 /// A backend that refused a connection is avoided for this long, while
 /// others are available.
@@ -99,6 +102,11 @@ const HEADROOM: usize = 1024;
 /// Bodies up to this size are copied after the head; larger ones get the head
 /// moved in front of them instead.
 const COALESCE_COPY_MAX: usize = 2048;
+
+/// Free buffers a core keeps of each kind after a burst, until `trim`.
+/// Fewer made 1,000 concurrent 64 KiB responses allocate and fault in a
+/// fresh buffer for most requests.
+const MAX_FREE_BUFFERS: usize = 1024;
 
 /// 1xx responses relayed before the final one; more is a broken backend.
 const MAX_INTERIM: usize = 16;
@@ -116,6 +124,8 @@ pub struct CoreContext {
     parked_total: Cell<u64>,
     pub plane: Arc<ControlPlane>,
     pub settings: ProxySettings,
+    /// Coarse timers for the waits every request makes (see `ticker`).
+    pub ticker: Rc<Ticker>,
     pub buffers: BufferPool,
     request_seq: Cell<u64>,
     request_id_prefix: u32,
@@ -132,11 +142,12 @@ impl CoreContext {
         Rc::new(CoreContext {
             open_connections: RefCell::new(HashMap::new()),
             parked_total: Cell::new(0),
-            relay_buffers: BufferPool::new(RELAY_BUFFER + HEADROOM, 64),
-            buffers: BufferPool::new(settings.buffer_size, 64),
+            relay_buffers: BufferPool::new(RELAY_BUFFER + HEADROOM, MAX_FREE_BUFFERS),
+            buffers: BufferPool::new(settings.buffer_size, MAX_FREE_BUFFERS),
             pool,
             plane,
             settings,
+            ticker: Ticker::new(),
             request_seq: Cell::new(0),
             request_id_prefix: started ^ unix_seconds(),
         })
@@ -169,6 +180,12 @@ impl CoreContext {
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
         }
+    }
+
+    /// Frees the buffers that no connection needed in the last interval;
+    /// returns the bytes freed.
+    pub fn trim_buffers(&self) -> usize {
+        self.relay_buffers.trim() + self.buffers.trim()
     }
 
     /// Connections parked on this core since it started.
@@ -453,7 +470,7 @@ impl Connection {
             monoio::select! {
                 biased;
                 result = &mut read => result,
-                _ = monoio::time::sleep(PARK_AFTER) => {
+                _ = core.ticker.wait(PARK_TICKS) => {
                     self.canceller = std::mem::take(&mut self.canceller).cancel();
                     read.await
                 }
@@ -540,7 +557,7 @@ impl Connection {
             Some(id) => self.request_id.extend_from_slice(id),
             None => generate_request_id(&mut self.request_id, &self.core),
         }
-        let first_pick = self.core.pool.pick(&[], Instant::now());
+        let first_pick = self.core.pool.pick(&[], self.core.ticker.now());
         let backend_authority = first_pick
             .as_ref()
             .map_or(&b"localhost"[..], |b| &b.backend.authority);
@@ -589,7 +606,7 @@ impl Connection {
         loop {
             let backend = match next
                 .take()
-                .or_else(|| core.pool.pick(&tried[..tried_count], Instant::now()))
+                .or_else(|| core.pool.pick(&tried[..tried_count], core.ticker.now()))
             {
                 Some(backend) => backend,
                 None if tried_count == 0 => {
@@ -638,9 +655,11 @@ impl Connection {
                     reusable,
                 } => {
                     if let Some(conn) = reusable {
-                        backend
-                            .idle
-                            .put(conn, Instant::now(), core.settings.max_idle_per_backend);
+                        backend.idle.put(
+                            conn,
+                            core.ticker.now(),
+                            core.settings.max_idle_per_backend,
+                        );
                     }
                     return Outcome::Relayed { keep_client };
                 }
@@ -687,7 +706,7 @@ impl Connection {
         plan: &Plan,
     ) -> Result<UpstreamConn, upstream::ConnectError> {
         let settings = &self.core.settings;
-        let now = Instant::now();
+        let now = self.core.ticker.now();
         while let Some(conn) = backend.idle.take(now, settings.upstream_idle_timeout) {
             if plan.retryable || !conn.is_stale() {
                 return Ok(conn);
@@ -745,6 +764,7 @@ impl Connection {
                 &progress,
                 &response_started,
                 &settings,
+                &core.ticker,
             ));
             let mut upload_result: Option<Result<(), UploadError>> = None;
             let download_result = loop {
@@ -872,7 +892,7 @@ struct UploadProgress {
     /// The whole request body has been read from the client, so the client
     /// connection is at a message boundary.
     request_read: Cell<bool>,
-    /// Set by the download side once the response is `WATCH_AFTER` late:
+    /// Set by the download side once the response is `WATCH_TICKS` late:
     /// the upload side then watches the client. The download's timer serves
     /// both, so a fast exchange sets one timer, not two.
     watch_client: Cell<bool>,
@@ -1100,11 +1120,12 @@ async fn read_upstream(
 }
 
 /// Reads response-head bytes until `deadline` (504). A response that is
-/// `WATCH_AFTER` late flags the upload side to watch the client.
+/// `WATCH_TICKS` late flags the upload side to watch the client.
 async fn read_head_bytes(
     rd: &mut TcpOwnedReadHalf,
     buf: &mut Vec<u8>,
     watch_client: &Cell<bool>,
+    ticker: &Ticker,
     deadline: Instant,
 ) -> Result<usize, DownloadError> {
     let owned = std::mem::take(buf);
@@ -1118,7 +1139,7 @@ async fn read_head_bytes(
         monoio::select! {
             biased;
             done = read.as_mut() => done,
-            _ = monoio::time::sleep(WATCH_AFTER) => {
+            _ = ticker.wait(WATCH_TICKS) => {
                 watch_client.set(true);
                 monoio::time::timeout_at(deadline.into(), read.as_mut())
                     .await
@@ -1161,12 +1182,13 @@ async fn download(
     progress: &UploadProgress,
     response_started: &Cell<bool>,
     settings: &ProxySettings,
+    ticker: &Ticker,
 ) -> Result<Relayed, DownloadError> {
     let DownloadBuffers {
         response: buf,
         scratch,
     } = bufs;
-    let head_deadline = Instant::now() + settings.response_timeout;
+    let head_deadline = ticker.now() + settings.response_timeout;
     // The backend's bytes land after HEADROOM free bytes, where the client's
     // head can be put right before the first body bytes: one write, and no
     // copy of the body.
@@ -1214,7 +1236,7 @@ async fn download(
             if buf.len() - HEADROOM >= settings.buffer_size {
                 return Err(response::ResponseError::HeadTooLarge.into());
             }
-            match read_head_bytes(rd, buf, &progress.watch_client, head_deadline).await {
+            match read_head_bytes(rd, buf, &progress.watch_client, ticker, head_deadline).await {
                 Ok(_) => {}
                 Err(error @ (DownloadError::Closed | DownloadError::Io(_)))
                     if buf.len() == HEADROOM && interim == 0 =>

@@ -74,6 +74,7 @@ async fn run_core(spec: WorkerSpec) {
     let core = CoreContext::new(pool.clone(), plane.clone(), settings);
     let canceller = Canceller::new();
     let stop_accepting = canceller.handle();
+    monoio::spawn(core.ticker.clone().drive());
     monoio::spawn(sweep_parked(core.clone(), shutdown.clone()));
     monoio::spawn(control_loop(
         pool.clone(),
@@ -117,17 +118,23 @@ async fn run_core(spec: WorkerSpec) {
 }
 
 /// Closes parked client connections whose idle timeout has passed, once a
-/// second (so an idle timeout is honoured to within a second).
+/// second (so an idle timeout is honoured to within a second), and frees
+/// the buffers that went unused for that second.
 async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
     let mut parked_before = 0;
+    let mut wave_before = false;
     while !shutdown.load(Ordering::Acquire) {
         monoio::time::sleep(PRUNE_EVERY).await;
         core.close_expired_parked(Instant::now());
+        let freed = core.trim_buffers();
         let parked = core.parked_total();
-        if parked - parked_before >= TRIM_AFTER_PARKED {
-            release_freed_memory();
+        let wave = parked - parked_before >= TRIM_AFTER_PARKED;
+        // Once more after a wave, for the connections that parked at its end.
+        if wave || wave_before || freed >= TRIM_AFTER_FREED {
+            crate::memory::release_freed_memory();
         }
         parked_before = parked;
+        wave_before = wave;
     }
 }
 
@@ -135,19 +142,8 @@ async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
 /// memory back to the OS.
 const TRIM_AFTER_PARKED: u64 = 1000;
 
-/// Parking frees a connection's serving task and buffers, but glibc keeps
-/// freed pages that long-lived allocations interleave with: measured, 10,000
-/// connections that each made one request kept 24 MB more than 10,000 that
-/// made none. malloc_trim(0) returns the free pages (MADV_DONTNEED); it
-/// walks the heap, so it runs at most once a second and only after a wave
-/// of parking.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases memory the allocator holds free.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+/// Buffer bytes freed by one sweep that make it worth the same.
+const TRIM_AFTER_FREED: usize = 1 << 20;
 
 /// Applies pool updates, prunes idle upstream connections, and stops the
 /// accept loop on shutdown.
