@@ -1,7 +1,7 @@
 //! Coarse per-core timers for the data path's short, frequent waits.
 //!
 //! Every request used to race two monoio timers: the idle wait's "park after
-//! 250 ms" and the response head's "watch the client after 5 ms". Both
+//! 250 ms" and the response head's "watch the client once it is late". Both
 //! nearly always end unfired, yet each one read the clock, was inserted in
 //! and removed from monoio's hierarchical wheel, and moved a 640-byte entry
 //! around. A [`Ticker`] serves such waits from one task per core that ticks
