@@ -12,7 +12,7 @@
 //! connections took 9-11 MB of anonymous memory, 18 MiB of RSS in all
 //! (bench-scripts/idle-rss, one worker; nginx: 25 MiB).
 
-use std::ffi::c_char;
+use std::ffi::{CStr, c_char};
 
 use tikv_jemalloc_sys::mallctl;
 
@@ -52,19 +52,25 @@ pub fn release_freed_memory() {
 
 /// The jemalloc arena the calling thread allocates from.
 fn thread_arena() -> Option<u32> {
-    let mut arena: u32 = 0;
-    let mut len = std::mem::size_of::<u32>();
-    // SAFETY: "thread.arena" reads an unsigned int into `arena`.
+    // SAFETY: "thread.arena" is an unsigned int.
+    unsafe { read_control(c"thread.arena") }
+}
+
+/// Reads the jemalloc control value `name`, whose C type must be `T`.
+unsafe fn read_control<T: Default>(name: &CStr) -> Option<T> {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>();
+    // SAFETY: `value` has room for `len` bytes, the size of `name`'s type.
     let rc = unsafe {
         mallctl(
-            c"thread.arena".as_ptr(),
-            (&mut arena as *mut u32).cast(),
+            name.as_ptr(),
+            (&mut value as *mut T).cast(),
             &mut len,
             std::ptr::null_mut(),
             0,
         )
     };
-    (rc == 0).then_some(arena)
+    (rc == 0 && len == std::mem::size_of::<T>()).then_some(value)
 }
 
 #[cfg(test)]
@@ -73,18 +79,9 @@ mod tests {
 
     #[test]
     fn jemalloc_is_the_allocator_and_takes_our_options() {
-        let mut decay: isize = 0;
-        let mut len = std::mem::size_of::<isize>();
-        let rc = unsafe {
-            mallctl(
-                c"opt.dirty_decay_ms".as_ptr(),
-                (&mut decay as *mut isize).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!((rc, decay), (0, 1000));
+        // SAFETY: "opt.dirty_decay_ms" is an ssize_t.
+        let decay: Option<isize> = unsafe { read_control(c"opt.dirty_decay_ms") };
+        assert_eq!(decay, Some(1000));
         assert!(thread_arena().is_some());
         release_freed_memory();
 
