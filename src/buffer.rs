@@ -3,9 +3,9 @@
 //! idle or closes. Single-threaded (`RefCell`), one pool per worker core.
 //!
 //! The pool keeps as many buffers as a burst needed (up to `max_free`), so
-//! that 1,000 concurrent responses do not each allocate, fault in and hand
-//! back 64 KiB; `trim` (called once a second by the core's sweep) drops
-//! the buffers no one took since the last trim.
+//! that a burst of concurrent responses does not keep allocating, faulting
+//! in and handing back large buffers; `trim` (called once a second by the
+//! core's sweep) drops the buffers no one took since the last trim.
 
 use std::cell::{Cell, RefCell};
 

@@ -109,8 +109,9 @@ const HEADROOM: usize = 1024;
 const COALESCE_COPY_MAX: usize = 2048;
 
 /// Free buffers a core keeps of each kind after a burst, until `trim`.
-/// Fewer made 1,000 concurrent 64 KiB responses allocate and fault in a
-/// fresh buffer for most requests.
+/// With 64 kept, 1,000 concurrent 64 KiB responses kept allocating and
+/// faulting in fresh buffers: 7,631 minor faults in 4 s of wrk -c1000
+/// against 2,649 with this cap.
 const MAX_FREE_BUFFERS: usize = 1024;
 
 /// 1xx responses relayed before the final one; more is a broken backend.
