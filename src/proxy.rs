@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -28,7 +29,7 @@ use monoio::net::TcpStream;
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 use crate::buffer::BufferPool;
-use crate::http1::chunked::{LAST_CHUNK, write_chunk_size};
+use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody, ForwardFields};
 use crate::http1::{
     BodyFraming, ChunkedDecoder, ResponseFraming, Version, header_slots, request, response,
@@ -107,6 +108,9 @@ const HEADROOM: usize = 1024;
 /// Bodies up to this size are copied after the head; larger ones get the head
 /// moved in front of them instead.
 const COALESCE_COPY_MAX: usize = 2048;
+
+/// Room before a relayed read for its chunk-size line (hex digits and CRLF).
+const CHUNK_SIZE_ROOM: usize = 16;
 
 /// Free buffers a core keeps of each kind after a burst, until `trim`.
 /// With 64 kept, 1,000 concurrent 64 KiB responses kept allocating and
@@ -439,6 +443,10 @@ enum Prepared {
     Ready(Plan),
     Incomplete,
     Refuse(request::RequestError),
+    /// An OPTIONS with Max-Forwards: 0, answered here.
+    AnswerOptions {
+        keep_alive: bool,
+    },
 }
 
 /// How an exchange ended.
@@ -506,12 +514,24 @@ impl Connection {
                         .await;
                     return false;
                 }
+                Prepared::AnswerOptions { keep_alive } => {
+                    self.count_request();
+                    let message = "OPTIONS answered by percore (Max-Forwards: 0)";
+                    return self.respond_local(200, message, !keep_alive).await && keep_alive;
+                }
                 Prepared::Incomplete => {}
             }
             if self.input.is_full() {
                 self.count_request();
-                self.respond_local(431, "request head too large", true)
-                    .await;
+                // The request line alone does not fit: its target is too long
+                // (RFC 9112 §3: 414); otherwise the header section is (431).
+                if memchr::memchr(b'\n', self.input.pending()).is_none() {
+                    self.respond_local(414, "request target too long", true)
+                        .await;
+                } else {
+                    self.respond_local(431, "request head too large", true)
+                        .await;
+                }
                 return false;
             }
             let deadline = *head_deadline
@@ -535,7 +555,11 @@ impl Connection {
                 message,
                 keep_client,
             } => self.respond_local(status, message, !keep_client).await && keep_client,
-            Outcome::Abort => false,
+            Outcome::Abort => {
+                // A reset, not a FIN: a close-delimited body must not look complete.
+                reset_connection(self.fd);
+                false
+            }
         }
     }
 
@@ -558,6 +582,14 @@ impl Connection {
             Ok(None) => return Prepared::Incomplete,
             Err(error) => return Prepared::Refuse(error),
         };
+        if head.max_forwards == Some(0) {
+            // The last hop allowed: percore is the final recipient (RFC 9110
+            // §7.6.2). A body it does not read ends the connection.
+            let keep_alive = head.keep_alive && head.framing == BodyFraming::None;
+            let head_len = head.head_len;
+            self.input.consume(head_len);
+            return Prepared::AnswerOptions { keep_alive };
+        }
         self.request_id.clear();
         match rewrite::find_request_id(head.headers) {
             Some(id) => self.request_id.extend_from_slice(id),
@@ -643,7 +675,7 @@ impl Connection {
             // Active from the pick, so a backend being drained counts the
             // requests still connecting to it.
             let _active = ActiveGuard::new(&counters.active);
-            let conn = match self.checkout(&backend, plan).await {
+            let conn = match self.checkout(&backend).await {
                 Ok(conn) => conn,
                 Err(error) => {
                     counters.failures.add(1);
@@ -704,17 +736,18 @@ impl Connection {
         }
     }
 
-    /// An idle pooled connection (checked for staleness when the request
-    /// could not be resent), or a new one.
+    /// An idle pooled connection, or a new one. Every pooled connection is
+    /// checked first: one the backend closed is skipped rather than tried,
+    /// and one with unread bytes (a late or unsolicited response) would hand
+    /// those bytes to this request as its answer, so it is closed unused.
     async fn checkout(
         &self,
         backend: &LocalBackend,
-        plan: &Plan,
     ) -> Result<UpstreamConn, upstream::ConnectError> {
         let settings = &self.core.settings;
         let now = self.core.ticker.now();
         while let Some(conn) = backend.idle.take(now, settings.upstream_idle_timeout) {
-            if plan.retryable || !conn.is_stale() {
+            if !conn.is_stale() {
                 return Ok(conn);
             }
         }
@@ -732,6 +765,7 @@ impl Connection {
             phase: Cell::new(UploadPhase::Sending),
             request_read: Cell::new(!plan.has_body()),
             watch_client: Cell::new(false),
+            awaiting_body: Cell::new(false),
         };
         let response_started = Cell::new(false);
         let watch = self.canceller.handle();
@@ -806,9 +840,20 @@ impl Connection {
                 && plan.retryable
                 && matches!(download_result, Err(DownloadError::NoResponse(_)));
             if resend && upload_result.is_none() && progress.phase.get() == UploadPhase::Sending {
-                upload_result = monoio::time::timeout(Duration::from_secs(1), upload.as_mut())
-                    .await
-                    .ok();
+                // Only until the head write is done: after it the upload
+                // waits for the (finished) download and would never end.
+                let head_written = std::future::poll_fn(|cx| match upload.as_mut().poll(cx) {
+                    Poll::Ready(result) => Poll::Ready(Some(result)),
+                    Poll::Pending if progress.phase.get() != UploadPhase::Sending => {
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
+                });
+                if let Ok(Some(result)) =
+                    monoio::time::timeout(Duration::from_secs(1), head_written).await
+                {
+                    upload_result = Some(result);
+                }
             }
             let (sent, client_ok) = match upload_result {
                 Some(Ok(())) => (true, true),
@@ -857,6 +902,24 @@ impl Connection {
     }
 }
 
+/// Resets the connection at once (RST): `connect` to an AF_UNSPEC address
+/// disconnects a TCP socket (connect(2)). A close with SO_LINGER 0 would not
+/// do: monoio's write half shuts the socket down (FIN) when dropped, before
+/// the close.
+fn reset_connection(fd: RawFd) {
+    // SAFETY: `fd` is the open client socket owned by the calling connection;
+    // an all-zero sockaddr is a valid AF_UNSPEC address of the size passed.
+    unsafe {
+        let mut addr: libc::sockaddr = std::mem::zeroed();
+        addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            fd,
+            &raw const addr,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        );
+    }
+}
+
 /// A request id unique within this process run: start-time prefix, core, sequence.
 fn generate_request_id(out: &mut Vec<u8>, core: &CoreContext) {
     let seq = core.request_seq.get();
@@ -902,6 +965,9 @@ struct UploadProgress {
     /// the upload side then watches the client. The download's timer serves
     /// both, so a fast exchange sets one timer, not two.
     watch_client: Cell<bool>,
+    /// The upload waits for request body bytes from the client: the backend
+    /// may be waiting for them too, so its response time is not running.
+    awaiting_body: Cell<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -954,7 +1020,7 @@ async fn upload(
             write_upstream(wr, up_head).await?;
             while remaining > 0 {
                 phase.set(UploadPhase::Reading);
-                read_body(input, settings).await?;
+                read_body(input, progress, settings).await?;
                 let take = input
                     .pending()
                     .len()
@@ -983,7 +1049,7 @@ async fn upload(
                     break;
                 }
                 phase.set(UploadPhase::Reading);
-                read_body(input, settings).await?;
+                read_body(input, progress, settings).await?;
             }
         }
     }
@@ -993,9 +1059,9 @@ async fn upload(
     // flag set by the download side is seen without a waker of its own.
     std::future::poll_fn(|_| {
         if progress.watch_client.get() {
-            std::task::Poll::Ready(())
+            Poll::Ready(())
         } else {
-            std::task::Poll::Pending
+            Poll::Pending
         }
     })
     .await;
@@ -1021,8 +1087,15 @@ async fn write_upstream(wr: &mut TcpOwnedWriteHalf, buf: &mut Vec<u8>) -> Result
 }
 
 /// Reads more of the request body; EOF mid-body means the client left.
-async fn read_body(input: &mut ClientInput, settings: &ProxySettings) -> Result<(), UploadError> {
-    match monoio::time::timeout(settings.idle_timeout, input.read_more()).await {
+async fn read_body(
+    input: &mut ClientInput,
+    progress: &UploadProgress,
+    settings: &ProxySettings,
+) -> Result<(), UploadError> {
+    progress.awaiting_body.set(true);
+    let result = monoio::time::timeout(settings.idle_timeout, input.read_more()).await;
+    progress.awaiting_body.set(false);
+    match result {
         Ok(Ok(n)) if n > 0 => Ok(()),
         Ok(_) => Err(UploadError::ClientGone),
         Err(_) => Err(UploadError::ClientTimeout),
@@ -1114,10 +1187,21 @@ async fn read_upstream(
     buf: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<usize, DownloadError> {
+    let end = buf.capacity();
+    read_upstream_into(rd, buf, end, timeout).await
+}
+
+/// As `read_upstream`, filling `buf` up to index `end` at most.
+async fn read_upstream_into(
+    rd: &mut TcpOwnedReadHalf,
+    buf: &mut Vec<u8>,
+    end: usize,
+    timeout: Duration,
+) -> Result<usize, DownloadError> {
     let owned = std::mem::take(buf);
-    let (len, cap) = (owned.len(), owned.capacity());
+    let len = owned.len();
     let (result, slice) =
-        match monoio::time::timeout(timeout, rd.read(owned.slice_mut(len..cap))).await {
+        match monoio::time::timeout(timeout, rd.read(owned.slice_mut(len..end))).await {
             Ok(read) => read,
             Err(_) => return Err(DownloadError::Timeout),
         };
@@ -1126,31 +1210,35 @@ async fn read_upstream(
 }
 
 /// Reads response-head bytes until `deadline` (504). A response that is
-/// `WATCH_TICKS` late flags the upload side to watch the client.
+/// `WATCH_TICKS` late flags the upload side to watch the client. While the
+/// client still owes body bytes, the deadline moves: the backend's time
+/// starts once it has the request (the upload has its own timeout, 408).
 async fn read_head_bytes(
     rd: &mut TcpOwnedReadHalf,
     buf: &mut Vec<u8>,
-    watch_client: &Cell<bool>,
+    progress: &UploadProgress,
     ticker: &Ticker,
-    deadline: Instant,
+    deadline: &mut Instant,
+    timeout: Duration,
 ) -> Result<usize, DownloadError> {
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
     let mut read = std::pin::pin!(rd.read(owned.slice_mut(len..cap)));
-    let (result, slice) = if watch_client.get() {
-        monoio::time::timeout_at(deadline.into(), read.as_mut())
-            .await
-            .map_err(|_| DownloadError::Timeout)?
-    } else {
+    if !progress.watch_client.get() {
         monoio::select! {
             biased;
-            done = read.as_mut() => done,
-            _ = ticker.wait(WATCH_TICKS) => {
-                watch_client.set(true);
-                monoio::time::timeout_at(deadline.into(), read.as_mut())
-                    .await
-                    .map_err(|_| DownloadError::Timeout)?
+            (result, slice) = read.as_mut() => {
+                *buf = slice.into_inner();
+                return read_outcome(result);
             }
+            _ = ticker.wait(WATCH_TICKS) => progress.watch_client.set(true),
+        }
+    }
+    let (result, slice) = loop {
+        match monoio::time::timeout_at((*deadline).into(), read.as_mut()).await {
+            Ok(done) => break done,
+            Err(_) if progress.awaiting_body.get() => *deadline = ticker.now() + timeout,
+            Err(_) => return Err(DownloadError::Timeout),
         }
     };
     *buf = slice.into_inner();
@@ -1194,7 +1282,7 @@ async fn download(
         response: buf,
         scratch,
     } = bufs;
-    let head_deadline = ticker.now() + settings.response_timeout;
+    let mut head_deadline = ticker.now() + settings.response_timeout;
     // The backend's bytes land after HEADROOM free bytes, where the client's
     // head can be put right before the first body bytes: one write, and no
     // copy of the body.
@@ -1210,7 +1298,12 @@ async fn download(
                     let client_body = match head.framing {
                         ResponseFraming::None => ClientBody::None,
                         ResponseFraming::Length(n) => ClientBody::Length(n),
-                        ResponseFraming::Chunked if plan.version == Version::Http11 => {
+                        // A close-delimited body is chunked for HTTP/1.1
+                        // clients, as nginx does: its end (or its truncation)
+                        // stays visible and the client connection stays open.
+                        ResponseFraming::Chunked | ResponseFraming::UntilClose
+                            if plan.version == Version::Http11 =>
+                        {
                             ClientBody::Chunked
                         }
                         ResponseFraming::Chunked | ResponseFraming::UntilClose => {
@@ -1242,7 +1335,16 @@ async fn download(
             if buf.len() - HEADROOM >= settings.buffer_size {
                 return Err(response::ResponseError::HeadTooLarge.into());
             }
-            match read_head_bytes(rd, buf, &progress.watch_client, ticker, head_deadline).await {
+            match read_head_bytes(
+                rd,
+                buf,
+                progress,
+                ticker,
+                &mut head_deadline,
+                settings.response_timeout,
+            )
+            .await
+            {
                 Ok(_) => {}
                 Err(error @ (DownloadError::Closed | DownloadError::Io(_)))
                     if buf.len() == HEADROOM && interim == 0 =>
@@ -1266,20 +1368,23 @@ async fn download(
         if interim > MAX_INTERIM {
             return Err(response::ResponseError::Malformed.into());
         }
-        // 1xx go to HTTP/1.1 clients only (RFC 9110 §15.2).
+        // 1xx go to HTTP/1.1 clients only (RFC 9110 §15.2). They do not
+        // start the response: a final 502 can still follow them.
         if plan.version == Version::Http11 {
-            response_started.set(true);
             let len = scratch.len();
             write_client(wr, scratch, 0..len).await?;
         }
         buf.drain(HEADROOM..head_end);
     };
 
-    response_started.set(true);
+    // Set before the first write of the final head: until then a failure
+    // (such as a chunked body garbled in the head's own packet) can still be
+    // answered with a 502.
     let mut clean = true;
     match framing {
         ResponseFraming::None => {
             clean = buf.len() == body_start;
+            response_started.set(true);
             let len = scratch.len();
             write_client(wr, scratch, 0..len).await?;
         }
@@ -1291,6 +1396,7 @@ async fn download(
             let take = available.min(usize::try_from(length).unwrap_or(usize::MAX));
             clean = available <= take;
             let mut remaining = length - take as u64;
+            response_started.set(true);
             if take <= COALESCE_COPY_MAX || scratch.len() > body_start {
                 scratch.extend_from_slice(&buf[body_start..body_start + take]);
                 let len = scratch.len();
@@ -1345,6 +1451,7 @@ async fn download(
                     }
                 }
                 if !scratch.is_empty() {
+                    response_started.set(true);
                     let len = scratch.len();
                     write_client(wr, scratch, 0..len).await?;
                     scratch.clear();
@@ -1362,16 +1469,50 @@ async fn download(
             }
         }
         ResponseFraming::UntilClose => {
+            // Only a clean EOF ends the body; a reset or timeout is an error,
+            // and the client sees the body cut (no last chunk, or a reset).
+            let chunked_out = client_body == ClientBody::Chunked;
+            let first = buf.len() - body_start;
+            if chunked_out && first > 0 {
+                write_chunk_size(scratch, first);
+            }
             scratch.extend_from_slice(&buf[body_start..]);
+            if chunked_out && first > 0 {
+                scratch.extend_from_slice(b"\r\n");
+            }
+            response_started.set(true);
             let len = scratch.len();
             write_client(wr, scratch, 0..len).await?;
+            // Chunked: each read lands after room for its chunk-size line and
+            // leaves room for its CRLF, so it goes out in one write.
+            let (prefix, suffix) = if chunked_out {
+                (CHUNK_SIZE_ROOM, 2)
+            } else {
+                (0, 0)
+            };
             loop {
                 buf.clear();
-                match read_upstream(rd, buf, settings.response_timeout).await {
+                buf.resize(prefix, 0);
+                let end = buf.capacity() - suffix;
+                match read_upstream_into(rd, buf, end, settings.response_timeout).await {
+                    Ok(n) if chunked_out => {
+                        let line = ChunkSizeLine::new(n);
+                        let start = prefix - line.as_bytes().len();
+                        buf[start..prefix].copy_from_slice(line.as_bytes());
+                        buf.extend_from_slice(b"\r\n");
+                        let len = buf.len();
+                        write_client(wr, buf, start..len).await?;
+                    }
                     Ok(n) => write_client(wr, buf, 0..n).await?,
                     Err(DownloadError::Closed) => break,
                     Err(error) => return Err(error),
                 }
+            }
+            if chunked_out {
+                scratch.clear();
+                scratch.extend_from_slice(LAST_CHUNK);
+                let len = scratch.len();
+                write_client(wr, scratch, 0..len).await?;
             }
             clean = false;
         }

@@ -26,7 +26,8 @@ pub struct UpstreamConn {
 
 impl UpstreamConn {
     /// Whether the backend closed (or wrote to) this idle connection, checked
-    /// without blocking. Used before sending a request that cannot be retried.
+    /// without blocking (one `recv` with MSG_PEEK; side by side it cost no
+    /// measurable CPU per request). Used on every reuse.
     pub fn is_stale(&self) -> bool {
         let mut byte = 0u8;
         // SAFETY: `fd` is owned by `rd`/`wr`, which outlive this call; MSG_PEEK

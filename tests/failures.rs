@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use percore::Config;
 use percore::pool::BackendState;
 use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
@@ -276,5 +277,137 @@ both_drivers! {
             wait_until(Duration::from_secs(2), || backend.open_handlers() == 0),
             "the proxy kept the upstream connection open after the client left mid-upload"
         );
+    }
+
+    fn unsolicited_bytes_on_an_idle_upstream_connection_never_reach_a_client(driver) {
+        // Answers each request with its own path; after /a it also sends a
+        // second, unrequested response, as a broken backend might.
+        let backend = RawBackend::start(|mut conn| {
+            while let Some(request) = conn.read_request() {
+                let path = request.path.clone();
+                conn.write(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len()).as_bytes());
+                if path == "/a" {
+                    std::thread::sleep(Duration::from_millis(100));
+                    conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray");
+                }
+            }
+        });
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        assert_eq!(Client::connect(server.proxy_addr()).get("/a").body_text(), "/a");
+        std::thread::sleep(Duration::from_millis(300));
+        for path in ["/b", "/c", "/d"] {
+            let response = Client::connect(server.proxy_addr()).get(path);
+            assert_eq!((response.status, response.body_text().as_str()), (200, path), "{}", response.head);
+        }
+    }
+
+    fn a_backends_idle_408_is_not_handed_to_the_next_request(driver) {
+        // As backends that announce their keep-alive timeout with a 408.
+        let backend = RawBackend::start(|mut conn| {
+            if conn.read_request().is_some() {
+                conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                std::thread::sleep(Duration::from_millis(100));
+                conn.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        for i in 1..=3 {
+            let response = client.get("/");
+            assert_eq!(response.status, 200, "GET {i}: {}", response.head);
+            assert!(wait_until(Duration::from_secs(2), || backend.open_handlers() == 0), "backend did not close");
+        }
+    }
+
+    fn a_pooled_connection_the_backend_closed_costs_no_delay(driver) {
+        let backend = RawBackend::answer_then_close(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        assert_eq!(client.get("/").status, 200);
+        for method in ["GET", "HEAD", "POST"] {
+            assert!(wait_until(Duration::from_secs(2), || backend.open_handlers() == 0), "backend did not close");
+            let started = Instant::now();
+            let request = format!("{method} / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+            client.send(request.as_bytes());
+            let response = if method == "HEAD" { client.read_head_response() } else { client.read_response() };
+            assert_eq!(response.status, 200, "{method}: {}", response.head);
+            let elapsed = started.elapsed();
+            assert!(elapsed < Duration::from_millis(500), "{method} took {elapsed:?}");
+        }
+    }
+
+    fn close_delimited_body_cut_by_a_reset_is_never_passed_off_as_complete(driver) {
+        let backend = RawBackend::start(|mut conn| {
+            if conn.read_request().is_some() {
+                conn.write(b"HTTP/1.1 200 OK\r\n\r\npartial body");
+                std::thread::sleep(Duration::from_millis(50));
+                conn.reset();
+            }
+        });
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        client.send(&get("/"));
+        expect_cut(&mut client, "HTTP/1.1 client (body re-chunked)");
+        let mut old = Client::connect(server.proxy_addr());
+        old.send(b"GET / HTTP/1.0\r\n\r\n");
+        expect_cut(&mut old, "HTTP/1.0 client (close-delimited body)");
+    }
+
+    fn chunked_body_cut_for_an_http10_client_ends_in_a_reset(driver) {
+        // De-chunked for HTTP/1.0, the body is close-delimited: a clean close
+        // would make the truncated body look complete.
+        let mut cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n".to_vec();
+        cut.extend_from_slice(&[b'z'; 100]);
+        let backend = RawBackend::answer_then_close(cut);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut old = Client::connect(server.proxy_addr());
+        old.send(b"GET / HTTP/1.0\r\n\r\n");
+        expect_cut(&mut old, "HTTP/1.0 client, chunked body cut");
+    }
+
+    fn broken_framing_found_before_anything_was_relayed_gives_502(driver) {
+        let cases: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+        ];
+        for raw in cases {
+            let backend = RawBackend::answer_then_close(raw);
+            let server = start_server(test_config(driver, vec![backend.url()]));
+            let response = Client::connect(server.proxy_addr()).get("/");
+            assert_eq!(response.status, 502, "{:?} gave:\n{}", String::from_utf8_lossy(raw), response.head);
+        }
+    }
+
+    fn too_many_interim_responses_end_in_a_final_502(driver) {
+        let mut raw = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(17);
+        raw.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let backend = RawBackend::answer_then_close(raw);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        client.send(&get("/"));
+        let (interim, last) = client.read_final_response();
+        assert!(interim.len() <= 16 && interim.iter().all(|r| r.status == 102), "{interim:?}");
+        assert_eq!(last.status, 502, "{}", last.head);
+    }
+
+    fn a_client_stalling_its_upload_gets_408_not_504(driver) {
+        let backend = RawBackend::never_answer();
+        let config = Config {
+            response_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(1200),
+            ..test_config(driver, vec![backend.url()])
+        };
+        let server = start_server(config);
+        let mut client = Client::connect(server.proxy_addr());
+        let started = Instant::now();
+        let response = client.request(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
+        assert_eq!(response.status, 408, "after {:?}:\n{}", started.elapsed(), response.head);
+        assert!(started.elapsed() >= Duration::from_millis(1000), "408 after only {:?}", started.elapsed());
+
+        // With the whole request sent, a silent backend is the backend's fault.
+        let mut client = Client::connect(server.proxy_addr());
+        let response = client.request(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(response.status, 504, "{}", response.head);
     }
 }

@@ -56,6 +56,28 @@ both_drivers! {
         assert_eq!(upstream.body, body);
     }
 
+    fn options_max_forwards_is_counted_down_and_answered_at_zero(driver) {
+        let backend = RawBackend::ok();
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        let response = client.request(b"OPTIONS * HTTP/1.1\r\nHost: a\r\nMax-Forwards: 3\r\n\r\n");
+        assert_eq!((response.status, response.body_text().as_str()), (200, "ok"), "{}", response.head);
+        assert_eq!(backend.requests()[0].headers_named("max-forwards"), vec!["2"]);
+
+        let response = client.request(b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n");
+        assert_eq!(response.status, 200, "{}", response.head);
+        assert!(response.header("allow").is_some_and(|allow| allow.contains("OPTIONS")), "{}", response.head);
+        assert_eq!(backend.request_count(), 1, "an OPTIONS with Max-Forwards: 0 was forwarded");
+        assert_eq!(client.get("/").status, 200, "the connection stays usable");
+
+        // Other methods may ignore it: forwarded as received.
+        client.request(b"GET / HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n");
+        assert_eq!(backend.requests().last().unwrap().headers_named("max-forwards"), vec!["0"]);
+        let response = Client::connect(server.proxy_addr())
+            .request(b"OPTIONS / HTTP/1.1\r\nHost: a\r\nMax-Forwards: x\r\n\r\n");
+        assert_eq!(response.status, 400, "{}", response.head);
+    }
+
     fn forwarding_fields_are_added(driver) {
         let backend = RawBackend::ok();
         let server = start_server(test_config(driver, vec![backend.url()]));

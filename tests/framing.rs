@@ -166,15 +166,24 @@ both_drivers! {
         assert!(last.body == body);
     }
 
-    fn close_delimited_response_arrives_whole_then_closes(driver) {
+    fn close_delimited_response_is_chunked_for_http11_clients(driver) {
+        // nginx does the same: the end of the body (or its truncation) stays
+        // visible to the client, and its connection stays open.
         let proxy = Proxy::start(driver, 1);
+        let mut client = proxy.client();
         for n in [0usize, 10, 100_000] {
-            let mut client = proxy.client();
             let response = client.get(&format!("/close/{n}"));
             assert_eq!(response.status, 200, "{}", response.head);
-            assert_eq!(response.framing, Framing::Close, "{}", response.head);
+            assert!(matches!(response.framing, Framing::Chunked(_)), "{}", response.head);
             assert_eq!(response.body.len(), n);
             assert!(response.body.iter().all(|&b| b == b'x'));
         }
+        assert_eq!(client.get("/").status, 200, "the client connection stays usable");
+
+        let mut old = proxy.client();
+        old.send(b"GET /close/100000 HTTP/1.0\r\n\r\n");
+        let response = old.read_response();
+        assert_eq!(response.framing, Framing::Close, "{}", response.head);
+        assert_eq!(response.body.len(), 100_000);
     }
 }

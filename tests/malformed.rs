@@ -119,6 +119,14 @@ both_drivers! {
         check_all(&proxy, &[("17 KiB header", big, 431), ("1200 header fields", many, 431)]);
     }
 
+    fn overlong_request_target_gets_414(driver) {
+        let proxy = Proxy::start(driver, 1);
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(b'u', 17 * 1024));
+        long.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        check_all(&proxy, &[("17 KiB target", long, 414)]);
+    }
+
     fn stalled_head_gets_408(driver) {
         let proxy = Proxy::start_with(driver, 1, |config| config.request_head_timeout = Duration::from_millis(300));
         let mut client = proxy.client();

@@ -212,21 +212,37 @@ fn hex_value(byte: u8) -> Option<u8> {
 /// The last chunk and an empty trailer section.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// A canonical chunk-size line (lowercase hex, no extensions, CRLF).
+pub struct ChunkSizeLine {
+    bytes: [u8; 18],
+    start: usize,
+}
+
+impl ChunkSizeLine {
+    pub fn new(len: usize) -> ChunkSizeLine {
+        let mut bytes = [0u8; 18];
+        bytes[16..].copy_from_slice(b"\r\n");
+        let mut n = len;
+        let mut start = 16;
+        loop {
+            start -= 1;
+            bytes[start] = b"0123456789abcdef"[n & 0xf];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        ChunkSizeLine { bytes, start }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+}
+
 /// Appends a canonical chunk-size line for `len` payload bytes.
 pub fn write_chunk_size(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut n = len;
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(ChunkSizeLine::new(len).as_bytes());
 }
 
 #[cfg(test)]

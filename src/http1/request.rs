@@ -54,6 +54,8 @@ pub enum RequestError {
     MethodNotSupported,
     #[error("malformed request target")]
     BadTarget,
+    #[error("malformed Max-Forwards")]
+    BadMaxForwards,
 }
 
 impl RequestError {
@@ -86,6 +88,10 @@ pub struct RequestHead<'b, 'h> {
     pub connection: ConnectionOptions<'b>,
     /// Whether the target was absolute-form, so a Host header must be replaced.
     pub absolute_form: bool,
+    /// An OPTIONS request's Max-Forwards (RFC 9110 §7.6.2): at 0 percore
+    /// answers itself, otherwise it forwards the value less one. `None` for
+    /// other methods, which may ignore the field (TRACE is refused).
+    pub max_forwards: Option<u64>,
 }
 
 impl RequestHead<'_, '_> {
@@ -113,7 +119,7 @@ pub fn parse<'b, 'h>(
         Err(httparse::Error::Version) if !is_well_formed_other_version(buf) => {
             return Err(RequestError::RequestLine);
         }
-        Err(error) => return Err(map_parse_error(error)),
+        Err(error) => return Err(map_parse_error(error, buf)),
     };
     if has_bare_lf(&buf[..head_len]) {
         return Err(RequestError::BareLf);
@@ -137,6 +143,8 @@ pub fn parse<'b, 'h>(
     let mut other_coding = false;
     let mut host: Option<&'b [u8]> = None;
     let mut connection = ConnectionOptions::default();
+    let mut max_forwards: Option<u64> = None;
+    let is_options = method == "OPTIONS";
 
     for header in headers.iter() {
         let name = header.name;
@@ -149,6 +157,18 @@ pub fn parse<'b, 'h>(
             }
             10 if name.eq_ignore_ascii_case("connection") && !connection.add(header.value) => {
                 return Err(RequestError::TooManyConnectionOptions);
+            }
+            12 if is_options && name.eq_ignore_ascii_case("max-forwards") => {
+                // 1*DIGIT; several fields would leave the hop count in doubt.
+                let value = header.value;
+                if max_forwards.is_some()
+                    || value.is_empty()
+                    || value.len() > 18
+                    || !value.iter().all(u8::is_ascii_digit)
+                {
+                    return Err(RequestError::BadMaxForwards);
+                }
+                max_forwards = Some(value.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')));
             }
             14 if name.eq_ignore_ascii_case("content-length") => {
                 let n = parse_content_length(header.value).ok_or(RequestError::BadContentLength)?;
@@ -218,15 +238,18 @@ pub fn parse<'b, 'h>(
         keep_alive,
         connection,
         absolute_form: target_authority.is_some(),
+        max_forwards,
     }))
 }
 
-fn map_parse_error(error: httparse::Error) -> RequestError {
+/// A parse error's refusal; httparse's `NewLine` also means a request line
+/// with bytes after its version, which is no bare-LF matter.
+fn map_parse_error(error: httparse::Error, buf: &[u8]) -> RequestError {
     match error {
         httparse::Error::TooManyHeaders => RequestError::TooManyHeaders,
         httparse::Error::Version => RequestError::Version,
         httparse::Error::HeaderName | httparse::Error::HeaderValue => RequestError::HeaderField,
-        httparse::Error::NewLine => RequestError::BareLf,
+        httparse::Error::NewLine if has_bare_lf(buf) => RequestError::BareLf,
         _ => RequestError::RequestLine,
     }
 }
@@ -310,6 +333,30 @@ fn valid_authority(value: &[u8]) -> bool {
                         | b'%'
                 )
         })
+        && valid_port(value)
+}
+
+/// The authority's shape around its port: brackets only around an IP
+/// literal, and a port, if any, of at most five digits (RFC 3986 §3.2.2-3).
+fn valid_port(value: &[u8]) -> bool {
+    let rest = if value.first() == Some(&b'[') {
+        match memchr::memchr(b']', value) {
+            Some(end) => &value[end + 1..],
+            None => return false,
+        }
+    } else if memchr::memchr2(b'[', b']', value).is_some() {
+        return false;
+    } else {
+        match memchr::memchr(b':', value) {
+            Some(colon) => &value[colon..],
+            None => return true,
+        }
+    };
+    match rest.split_first() {
+        None => true,
+        Some((b':', port)) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -412,6 +459,13 @@ mod tests {
             b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET foo HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:xyz\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a]b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
+            b"GET http://a:b/ HTTP/1.1\r\nHost: x\r\n\r\n",
         ];
         for raw in cases {
             let error = parse_err(raw);
@@ -422,6 +476,30 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    #[test]
+    fn authorities_with_ports_are_accepted() {
+        for host in ["a:8080", "a:", "[::1]:80", "[::1]", "a.b-c_d"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            parse_ok(raw.as_bytes());
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_version_are_not_called_a_bare_lf() {
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.10\r\nHost: x\r\n\r\n"),
+            RequestError::RequestLine
+        );
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.1 \r\nHost: x\r\n\r\n"),
+            RequestError::RequestLine
+        );
+        assert_eq!(
+            parse_err(b"GET / HTTP/1.1\nHost: x\r\n\r\n"),
+            RequestError::BareLf
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn parse<'b, 'h>(
     let mut transfer_encoding = false;
     let mut final_chunked = false;
     let mut chunked_count = 0usize;
+    let mut coding_count = 0usize;
     let mut connection = ConnectionOptions::default();
     for header in headers.iter() {
         let name = header.name;
@@ -103,6 +104,7 @@ pub fn parse<'b, 'h>(
                 for coding in list_elements(header.value) {
                     final_chunked = coding.eq_ignore_ascii_case(b"chunked");
                     chunked_count += usize::from(final_chunked);
+                    coding_count += 1;
                 }
             }
             _ => {}
@@ -119,12 +121,14 @@ pub fn parse<'b, 'h>(
             // sending both is broken or under attack: refuse rather than guess.
             return Err(ResponseError::LengthAndTransferEncoding);
         }
-        if final_chunked && chunked_count == 1 {
+        if final_chunked && chunked_count == 1 && coding_count == 1 {
             ResponseFraming::Chunked
-        } else if !final_chunked {
-            // Item 4 would read such a body to close, but Transfer-Encoding is
-            // hop-by-hop and percore decodes only chunked: relaying the coded
-            // bytes without the field would corrupt them, so refuse (502).
+        } else if !final_chunked || chunked_count == 1 {
+            // Item 4 would read a body without a final chunked to close, and
+            // `gzip, chunked` is gzip inside chunked; but Transfer-Encoding is
+            // hop-by-hop and percore decodes only chunked: relaying coded
+            // bytes without their coding would corrupt them, so refuse (502),
+            // as nginx does.
             return Err(ResponseError::UnsupportedTransferCoding);
         } else {
             return Err(ResponseError::Malformed);
@@ -194,6 +198,20 @@ mod tests {
                 false
             ),
             Ok(ResponseFraming::Chunked)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false
+            ),
+            Err(ResponseError::UnsupportedTransferCoding)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Err(ResponseError::UnsupportedTransferCoding)
         );
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\n\r\n", false),

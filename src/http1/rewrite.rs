@@ -81,12 +81,19 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead, fields: &Forwar
         match name.len() {
             // Host is replaced by an absolute-form target's authority (RFC 9112 §3.2.2).
             4 if name.eq_ignore_ascii_case("host") && head.absolute_form => continue,
+            // An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1).
+            6 if name.eq_ignore_ascii_case("expect") && head.version == Version::Http10 => {
+                continue;
+            }
             12 if name.eq_ignore_ascii_case("x-request-id") => continue,
             15 if name.eq_ignore_ascii_case("x-forwarded-for") => {
                 forwarded_for_seen = true;
                 continue;
             }
             16 if name.eq_ignore_ascii_case("x-forwarded-host") => continue,
+            12 if head.max_forwards.is_some() && name.eq_ignore_ascii_case("max-forwards") => {
+                continue;
+            }
             17 if name.eq_ignore_ascii_case("x-forwarded-proto") => continue,
             _ => {}
         }
@@ -124,6 +131,12 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead, fields: &Forwar
     out.extend_from_slice(fields.client_ip);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    if let Some(hops) = head.max_forwards {
+        // Only 1 or more is forwarded: at 0 percore answers itself.
+        out.extend_from_slice(b"Max-Forwards: ");
+        push_decimal(out, hops.saturating_sub(1));
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(authority) = head.authority {
         push_field(out, b"X-Forwarded-Host", authority);
     }
@@ -195,6 +208,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -227,7 +241,10 @@ pub fn write_local_response(
     }
     match status {
         503 => out.extend_from_slice(b"Retry-After: 1\r\n"),
-        405 => out.extend_from_slice(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"),
+        // 405, and 200: an OPTIONS answered here (Max-Forwards: 0).
+        405 | 200 => {
+            out.extend_from_slice(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n");
+        }
         _ => {}
     }
     if close {
@@ -282,6 +299,16 @@ mod tests {
         assert!(out.contains("Host: 127.0.0.1:9000\r\n"), "{out}");
         assert!(out.starts_with("GET / HTTP/1.1\r\n"));
         assert!(out.contains("Via: 1.0 percore\r\n"));
+    }
+
+    #[test]
+    fn expect_is_dropped_only_for_http10() {
+        let out = forward(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(!out.to_ascii_lowercase().contains("expect"), "{out}");
+        let out = forward(
+            b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        );
+        assert!(out.contains("Expect: 100-continue\r\n"), "{out}");
     }
 
     #[test]
