@@ -19,6 +19,7 @@
 //! - [`buffer`]: per-core pool of I/O buffers.
 //! - [`ticker`]: coarse per-core timers for the waits every request makes.
 //! - [`metrics`]: per-core counters, summed when read.
+//! - [`failure_log`]: backend failures at `warn`, rate-limited per core.
 //! - [`memory`]: the allocator (jemalloc) and handing freed pages back.
 //! - [`admin`]: the admin API on the control plane.
 //! - [`mock_backend`]: the mock backends used by the demo, tests and benches.
@@ -28,6 +29,7 @@ pub mod balance;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod failure_log;
 pub mod http1;
 pub mod memory;
 pub mod metrics;

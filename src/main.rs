@@ -1,5 +1,6 @@
 //! `percore`: parse the command line, set up logging, run.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,6 +14,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: not in files or journald.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         Some(Command::Backend(args)) => run_backend(args),

@@ -29,6 +29,7 @@ use monoio::net::TcpStream;
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 use crate::buffer::BufferPool;
+use crate::failure_log::FailureLog;
 use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody, ForwardFields};
 use crate::http1::{
@@ -139,6 +140,7 @@ pub struct CoreContext {
     pub buffers: BufferPool,
     request_seq: Cell<u64>,
     request_id_prefix: u32,
+    failure_log: FailureLog,
 }
 
 impl CoreContext {
@@ -160,6 +162,7 @@ impl CoreContext {
             ticker: Ticker::new(),
             request_seq: Cell::new(0),
             request_id_prefix: started ^ unix_seconds(),
+            failure_log: FailureLog::default(),
         })
     }
 
@@ -621,6 +624,13 @@ impl Connection {
         Prepared::Ready(plan)
     }
 
+    /// Logs a backend's failure (rate-limited, see `failure_log`).
+    fn log_failure(&self, backend: &LocalBackend, error: &DownloadError, what: &str) {
+        if let Some(left_out) = self.core.failure_log.admit(self.core.ticker.now()) {
+            tracing::warn!(backend = %backend.backend.url, %error, left_out, "{what}");
+        }
+    }
+
     /// Sends a response percore generated; `false` if the client is gone.
     async fn respond_local(&mut self, status: u16, message: &str, close: bool) -> bool {
         if self.request_id.is_empty() {
@@ -682,12 +692,14 @@ impl Connection {
                     backend
                         .failed_until
                         .set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
-                    tracing::debug!(backend = %backend.backend.url, %error, "connect failed; trying the next backend");
+                    if let Some(left_out) = core.failure_log.admit(core.ticker.now()) {
+                        tracing::warn!(backend = %backend.backend.url, %error, left_out, "connect failed; trying the next backend");
+                    }
                     continue;
                 }
             };
             counters.requests.add(1);
-            match self.forward(plan, conn).await {
+            match self.forward(plan, conn, &backend).await {
                 Forwarded::Done {
                     keep_client,
                     reusable,
@@ -712,6 +724,9 @@ impl Connection {
                 }
                 Forwarded::Stale => {
                     counters.failures.add(1);
+                    if let Some(left_out) = core.failure_log.admit(core.ticker.now()) {
+                        tracing::warn!(backend = %backend.backend.url, left_out, "backend closed pooled connections before answering; 502");
+                    }
                     return Outcome::Failed {
                         status: 502,
                         message: "backend closed the connection",
@@ -724,7 +739,6 @@ impl Connection {
                     keep_client,
                 } => {
                     counters.failures.add(1);
-                    tracing::debug!(backend = %backend.backend.url, status, message, "exchange failed");
                     return Outcome::Failed {
                         status,
                         message,
@@ -758,7 +772,12 @@ impl Connection {
 
     /// One exchange on one upstream connection: upload and download run
     /// concurrently; the client is watched while a slow backend thinks.
-    async fn forward(&mut self, plan: &Plan, mut conn: UpstreamConn) -> Forwarded {
+    async fn forward(
+        &mut self,
+        plan: &Plan,
+        mut conn: UpstreamConn,
+        backend: &LocalBackend,
+    ) -> Forwarded {
         let core = self.core.clone();
         let settings = core.settings;
         let progress = UploadProgress {
@@ -889,15 +908,26 @@ impl Connection {
                 }
             }
             Err(error) if response_started.get() => {
-                tracing::debug!(%error, "response cut after it started; aborting the client connection");
+                if !matches!(error, DownloadError::Client) {
+                    self.log_failure(
+                        backend,
+                        &error,
+                        "response cut after it started; client connection reset",
+                    );
+                }
                 Forwarded::Abort
             }
             Err(DownloadError::NoResponse(_)) if conn.reused && plan.retryable => Forwarded::Stale,
-            Err(error) => Forwarded::Failed {
-                status: error.status(),
-                message: error.message(),
-                keep_client: client_reusable && plan.keep_alive,
-            },
+            Err(error) => {
+                if !matches!(error, DownloadError::Client) {
+                    self.log_failure(backend, &error, "backend failed; answered with an error");
+                }
+                Forwarded::Failed {
+                    status: error.status(),
+                    message: error.message(),
+                    keep_client: client_reusable && plan.keep_alive,
+                }
+            }
         }
     }
 }

@@ -35,8 +35,10 @@ enum State {
     Data,
     DataCr,
     DataLf,
+    /// At the start of a trailer line: a field name, or the final CRLF.
     TrailerStart,
-    Trailer,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     FinalLf,
     Done,
@@ -121,10 +123,17 @@ impl ChunkedDecoder {
         self.state = match self.state {
             State::SizeStart | State::Size => match hex_value(byte) {
                 Some(digit) => {
-                    if self.size_digits == 16 {
-                        return Err(ChunkedError::SizeTooLarge);
+                    // Leading zeros are allowed (1*HEXDIG), within the line cap.
+                    self.line_len += 1;
+                    if self.line_len > MAX_LINE {
+                        return Err(ChunkedError::BadSize);
                     }
-                    self.size_digits += 1;
+                    if self.remaining != 0 || digit != 0 {
+                        if self.size_digits == 16 {
+                            return Err(ChunkedError::SizeTooLarge);
+                        }
+                        self.size_digits += 1;
+                    }
                     self.remaining = (self.remaining << 4) | u64::from(digit);
                     State::Size
                 }
@@ -172,14 +181,21 @@ impl ChunkedDecoder {
                 b'\n' => State::SizeStart,
                 _ => return Err(ChunkedError::MissingCrlf),
             },
+            // A trailer field is `token ":" value` (RFC 9112 §7.1.2, §5).
             State::TrailerStart => match byte {
                 b'\r' => State::FinalLf,
-                b'\n' | b' ' | b'\t' | b':' => return Err(ChunkedError::BadTrailer),
-                _ => self.trailer_byte(byte)?,
+                _ if is_token_byte(byte) => self.trailer_byte(State::TrailerName)?,
+                _ => return Err(ChunkedError::BadTrailer),
             },
-            State::Trailer => match byte {
+            State::TrailerName => match byte {
+                b':' => self.trailer_byte(State::TrailerValue)?,
+                _ if is_token_byte(byte) => self.trailer_byte(State::TrailerName)?,
+                _ => return Err(ChunkedError::BadTrailer),
+            },
+            State::TrailerValue => match byte {
                 b'\r' => State::TrailerLf,
-                _ => self.trailer_byte(byte)?,
+                b'\t' | b' '..=b'~' | 0x80.. => self.trailer_byte(State::TrailerValue)?,
+                _ => return Err(ChunkedError::BadTrailer),
             },
             State::TrailerLf | State::FinalLf => match byte {
                 b'\n' if self.state == State::FinalLf => State::Done,
@@ -191,13 +207,19 @@ impl ChunkedDecoder {
         Ok(())
     }
 
-    fn trailer_byte(&mut self, byte: u8) -> Result<State, ChunkedError> {
+    /// Counts one trailer byte against the cap and moves to `next`.
+    fn trailer_byte(&mut self, next: State) -> Result<State, ChunkedError> {
         self.trailer_len += 1;
-        if self.trailer_len > MAX_TRAILERS || !(byte == b'\t' || byte >= b' ') || byte == 0x7f {
+        if self.trailer_len > MAX_TRAILERS {
             return Err(ChunkedError::BadTrailer);
         }
-        Ok(State::Trailer)
+        Ok(next)
     }
+}
+
+/// A `tchar` (RFC 9110 §5.6.2).
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -292,6 +314,10 @@ mod tests {
             b"5;a\0b\r\n",
             b"0\r\nbad\nfield\r\n\r\n",
             b"0\r\n folded\r\n\r\n",
+            b"0\r\nnocolon\r\n\r\n",
+            b"0\r\nGET /x HTTP/1.1\r\n\r\n",
+            b"0\r\n: empty name\r\n\r\n",
+            b"0\r\nX-T: a\x01b\r\n\r\n",
         ];
         for case in cases {
             assert!(
@@ -300,6 +326,12 @@ mod tests {
                 String::from_utf8_lossy(case)
             );
         }
+    }
+
+    #[test]
+    fn leading_zeros_in_a_size_are_allowed() {
+        let input = b"000000000000000000000005\r\nhello\r\n00\r\n\r\n";
+        assert_eq!(decode_split(input, 64).unwrap().0, b"hello");
     }
 
     #[test]

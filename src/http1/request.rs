@@ -275,6 +275,10 @@ fn split_target<'b>(
     method: &str,
     target: &'b str,
 ) -> Result<(&'b str, Option<&'b [u8]>), RequestError> {
+    // A fragment is not part of any request-target form (RFC 9112 §3.2).
+    if memchr::memchr(b'#', target.as_bytes()).is_some() {
+        return Err(RequestError::BadTarget);
+    }
     if target.starts_with('/') {
         return Ok((target, None));
     }
@@ -459,6 +463,7 @@ mod tests {
             b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET foo HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a:xyz\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n",

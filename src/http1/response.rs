@@ -78,6 +78,10 @@ pub fn parse<'b, 'h>(
     if status == 101 {
         return Err(ResponseError::SwitchingProtocols);
     }
+    // Valid status codes are 100 to 599 (RFC 9110 §15).
+    if !(100..600).contains(&status) {
+        return Err(ResponseError::Malformed);
+    }
 
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
@@ -213,6 +217,13 @@ mod tests {
             ),
             Err(ResponseError::UnsupportedTransferCoding)
         );
+        for status in ["000", "099", "600", "999"] {
+            let raw = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(
+                framing(raw.as_bytes(), false),
+                Err(ResponseError::Malformed)
+            );
+        }
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
             Ok(ResponseFraming::UntilClose)
