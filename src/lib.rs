@@ -47,6 +47,7 @@ pub use server::{Server, StartError};
 
 /// Starts the topology and serves until the process is stopped.
 pub fn run(config: Config) -> Result<(), StartError> {
+    server::raise_fd_limit();
     Server::start(config)?.wait();
     Ok(())
 }

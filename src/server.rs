@@ -31,6 +31,32 @@ pub enum StartError {
     Thread(io::Error),
 }
 
+/// Raises the soft limit on open files to the hard one: every proxied
+/// connection holds two descriptors, and distributions' soft default of
+/// 1,024 would cap percore at a few hundred clients.
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && (limit.rlim_cur >= limit.rlim_max || {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            })
+    };
+    if raised {
+        tracing::info!(open_files = limit.rlim_cur, "file descriptor limit");
+    } else {
+        tracing::warn!(
+            error = %io::Error::last_os_error(),
+            "cannot raise the file descriptor limit"
+        );
+    }
+}
+
 pub struct Server {
     plane: Arc<ControlPlane>,
     proxy_addr: SocketAddr,
