@@ -131,7 +131,7 @@ pub struct CoreContext {
     /// with the idle deadline of those that are parked: a sweep closes the
     /// expired ones, so a parked connection needs no timer of its own (a
     /// monoio timer is 640 bytes, twice the rest of a parked connection).
-    open_connections: RefCell<HashMap<RawFd, Option<Instant>>>,
+    open_connections: RefCell<HashMap<RawFd, OpenConnection>>,
     parked_total: Cell<u64>,
     pub plane: Arc<ControlPlane>,
     pub settings: ProxySettings,
@@ -184,13 +184,23 @@ impl CoreContext {
         self.open_connections.borrow().len()
     }
 
-    /// Shuts down parked connections idle past their deadline; their
-    /// parked read ends and they close. Called by the core's control loop.
-    pub fn close_expired_parked(&self, now: Instant) {
-        for (&fd, deadline) in self.open_connections.borrow().iter() {
-            if deadline.is_some_and(|deadline| deadline <= now) {
+    /// Shuts down parked connections idle past their deadline (their parked
+    /// read ends and they close), and resets those whose client has accepted
+    /// no response bytes for the idle timeout (their pending write fails), as
+    /// nginx's `send_timeout` does. Called once a second by the core's sweep.
+    pub fn close_expired(&self, now: Instant) {
+        let send_timeout = self.settings.idle_timeout;
+        for (&fd, open) in self.open_connections.borrow().iter() {
+            if open.parked_until.is_some_and(|deadline| deadline <= now) {
                 // SAFETY: as in `close_connections`.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+            if open
+                .writing_since
+                .get()
+                .is_some_and(|since| now.saturating_duration_since(since) >= send_timeout)
+            {
+                reset_connection(fd);
             }
         }
     }
@@ -210,8 +220,39 @@ impl CoreContext {
         self.parked_total
             .set(self.parked_total.get() + u64::from(deadline.is_some()));
         if let Some(entry) = self.open_connections.borrow_mut().get_mut(&fd) {
-            *entry = deadline;
+            entry.parked_until = deadline;
         }
+    }
+}
+
+/// What the core's sweep knows of an open client connection.
+struct OpenConnection {
+    /// While parked: when its idle timeout ends.
+    parked_until: Option<Instant>,
+    /// While a write to the client is pending: since when.
+    writing_since: Rc<Cell<Option<Instant>>>,
+}
+
+/// The client connection's write half. The start of a pending write is
+/// shared with the core's sweep, which resets a client that stops reading:
+/// one check a second instead of a timer per write.
+struct ClientOutput {
+    wr: TcpOwnedWriteHalf,
+    writing_since: Rc<Cell<Option<Instant>>>,
+    ticker: Rc<Ticker>,
+}
+
+impl ClientOutput {
+    async fn write_all<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        struct Pending<'a>(&'a Cell<Option<Instant>>);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.set(None);
+            }
+        }
+        self.writing_since.set(Some(self.ticker.now()));
+        let _pending = Pending(&self.writing_since);
+        self.wr.write_all(buf).await
     }
 }
 
@@ -232,7 +273,14 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
         .core(core.core())
         .active_connections
         .add(1);
-    core.open_connections.borrow_mut().insert(fd, None);
+    let writing_since = Rc::new(Cell::new(None));
+    core.open_connections.borrow_mut().insert(
+        fd,
+        OpenConnection {
+            parked_until: None,
+            writing_since: writing_since.clone(),
+        },
+    );
     let conn = Connection {
         fd,
         input: ClientInput {
@@ -241,7 +289,11 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
             pos: 0,
             idle_buf: Vec::new(),
         },
-        output: wr,
+        output: ClientOutput {
+            wr,
+            writing_since,
+            ticker: core.ticker.clone(),
+        },
         client_ip: peer.ip().to_canonical().to_string().into_boxed_str(),
         request_id: Vec::new(),
         up_head: Vec::new(),
@@ -399,7 +451,7 @@ impl ClientInput {
 struct Connection {
     fd: RawFd,
     input: ClientInput,
-    output: TcpOwnedWriteHalf,
+    output: ClientOutput,
     client_ip: Box<str>,
     /// The current request's id, sent upstream and returned to the client.
     request_id: Vec<u8>,
@@ -785,6 +837,8 @@ impl Connection {
             request_read: Cell::new(!plan.has_body()),
             watch_client: Cell::new(false),
             awaiting_body: Cell::new(false),
+            writes: Cell::new(0),
+            upstream_fd: conn.fd(),
         };
         let response_started = Cell::new(false);
         let watch = self.canceller.handle();
@@ -998,6 +1052,34 @@ struct UploadProgress {
     /// The upload waits for request body bytes from the client: the backend
     /// may be waiting for them too, so its response time is not running.
     awaiting_body: Cell<bool>,
+    /// Writes of request bytes the backend has accepted: while these move,
+    /// a long upload is progress, not a backend that fails to answer.
+    writes: Cell<u64>,
+    /// The upstream socket, whose unsent queue shows progress within a write.
+    upstream_fd: RawFd,
+}
+
+impl UploadProgress {
+    /// Whether the backend took request bytes since `mark`, which is moved
+    /// on: a write completed, or the socket's unsent queue shrank (one write
+    /// can wait for a large part of the send buffer to drain).
+    fn advanced(&self, mark: &mut (u64, libc::c_int)) -> bool {
+        let now = (self.writes.get(), unsent_bytes(self.upstream_fd));
+        let advanced = now.0 != mark.0 || now.1 < mark.1;
+        *mark = now;
+        advanced
+    }
+}
+
+/// Bytes in a socket's send queue not yet acknowledged (TIOCOUTQ); 0 if unknown.
+fn unsent_bytes(fd: RawFd) -> libc::c_int {
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one c_int to the pointer given; `fd` is the
+    // open upstream socket of the exchange in progress.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut unsent) } < 0 {
+        return 0;
+    }
+    unsent
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1035,7 +1117,7 @@ async fn upload(
     let phase = &progress.phase;
     up_head.truncate(plan.head_len);
     match plan.framing {
-        BodyFraming::None | BodyFraming::Length(0) => write_upstream(wr, up_head).await?,
+        BodyFraming::None | BodyFraming::Length(0) => write_upstream(wr, up_head, progress).await?,
         BodyFraming::Length(length) => {
             // Coalesce the body bytes already read with the head: one write.
             let mut remaining = length;
@@ -1047,7 +1129,7 @@ async fn upload(
             input.consume(take);
             remaining -= take as u64;
             progress.request_read.set(remaining == 0);
-            write_upstream(wr, up_head).await?;
+            write_upstream(wr, up_head, progress).await?;
             while remaining > 0 {
                 phase.set(UploadPhase::Reading);
                 read_body(input, progress, settings).await?;
@@ -1061,6 +1143,7 @@ async fn upload(
                 let (result, slice) = wr.write_all(buf.slice(start..start + take)).await;
                 input.buf = slice.into_inner();
                 result.map_err(|_| UploadError::UpstreamWrite)?;
+                progress.writes.set(progress.writes.get() + 1);
                 input.consume(take);
                 remaining -= take as u64;
             }
@@ -1072,7 +1155,7 @@ async fn upload(
                 progress.request_read.set(decoder.is_done());
                 if !up_head.is_empty() {
                     phase.set(UploadPhase::Sending);
-                    write_upstream(wr, up_head).await?;
+                    write_upstream(wr, up_head, progress).await?;
                     up_head.clear();
                 }
                 if decoder.is_done() {
@@ -1110,10 +1193,16 @@ async fn upload(
     }
 }
 
-async fn write_upstream(wr: &mut TcpOwnedWriteHalf, buf: &mut Vec<u8>) -> Result<(), UploadError> {
+async fn write_upstream(
+    wr: &mut TcpOwnedWriteHalf,
+    buf: &mut Vec<u8>,
+    progress: &UploadProgress,
+) -> Result<(), UploadError> {
     let (result, written) = wr.write_all(std::mem::take(buf)).await;
     *buf = written;
-    result.map(drop).map_err(|_| UploadError::UpstreamWrite)
+    result.map_err(|_| UploadError::UpstreamWrite)?;
+    progress.writes.set(progress.writes.get() + 1);
+    Ok(())
 }
 
 /// Reads more of the request body; EOF mid-body means the client left.
@@ -1240,9 +1329,11 @@ async fn read_upstream_into(
 }
 
 /// Reads response-head bytes until `deadline` (504). A response that is
-/// `WATCH_TICKS` late flags the upload side to watch the client. While the
-/// client still owes body bytes, the deadline moves: the backend's time
-/// starts once it has the request (the upload has its own timeout, 408).
+/// `WATCH_TICKS` late flags the upload side to watch the client. The backend's
+/// time starts once it has the whole request, as nginx's read timeout does:
+/// the deadline moves while the client still owes body bytes (the upload has
+/// its own timeout, 408) and while the backend keeps accepting them (a long
+/// upload); a backend that accepts nothing for a whole timeout gets a 504.
 async fn read_head_bytes(
     rd: &mut TcpOwnedReadHalf,
     buf: &mut Vec<u8>,
@@ -1264,10 +1355,13 @@ async fn read_head_bytes(
             _ = ticker.wait(WATCH_TICKS) => progress.watch_client.set(true),
         }
     }
+    let mut mark = (progress.writes.get(), unsent_bytes(progress.upstream_fd));
     let (result, slice) = loop {
         match monoio::time::timeout_at((*deadline).into(), read.as_mut()).await {
             Ok(done) => break done,
-            Err(_) if progress.awaiting_body.get() => *deadline = ticker.now() + timeout,
+            Err(_) if progress.awaiting_body.get() || progress.advanced(&mut mark) => {
+                *deadline = ticker.now() + timeout;
+            }
             Err(_) => return Err(DownloadError::Timeout),
         }
     };
@@ -1285,7 +1379,7 @@ fn read_outcome(result: io::Result<usize>) -> Result<usize, DownloadError> {
 }
 
 async fn write_client(
-    wr: &mut TcpOwnedWriteHalf,
+    wr: &mut ClientOutput,
     buf: &mut Vec<u8>,
     range: std::ops::Range<usize>,
 ) -> Result<(), DownloadError> {
@@ -1299,7 +1393,7 @@ async fn write_client(
 #[allow(clippy::too_many_arguments)]
 async fn download(
     rd: &mut TcpOwnedReadHalf,
-    wr: &mut TcpOwnedWriteHalf,
+    wr: &mut ClientOutput,
     bufs: DownloadBuffers<'_>,
     plan: &Plan,
     request_id: &[u8],

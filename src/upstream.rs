@@ -25,6 +25,10 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// Whether the backend closed (or wrote to) this idle connection, checked
     /// without blocking (one `recv` with MSG_PEEK; side by side it cost no
     /// measurable CPU per request). Used on every reuse.

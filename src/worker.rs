@@ -117,7 +117,8 @@ async fn run_core(spec: WorkerSpec) {
     monoio::time::sleep(Duration::from_millis(10)).await;
 }
 
-/// Closes parked client connections whose idle timeout has passed, once a
+/// Closes parked client connections whose idle timeout has passed and resets
+/// clients that stopped reading (see `close_expired`), once a
 /// second (so an idle timeout is honoured to within a second), and frees
 /// the buffers that went unused for that second.
 async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
@@ -125,7 +126,7 @@ async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
     let mut wave_before = false;
     while !shutdown.load(Ordering::Acquire) {
         monoio::time::sleep(PRUNE_EVERY).await;
-        core.close_expired_parked(Instant::now());
+        core.close_expired(Instant::now());
         let freed = core.trim_buffers();
         let parked = core.parked_total();
         let wave = parked - parked_before >= TRIM_AFTER_PARKED;

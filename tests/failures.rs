@@ -410,4 +410,70 @@ both_drivers! {
         let response = client.request(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
         assert_eq!(response.status, 504, "{}", response.head);
     }
+
+    fn a_client_that_stops_reading_is_reset_after_the_idle_timeout(driver) {
+        // A backend with a large body that would wait long for buffer space.
+        let backend = RawBackend::start(|mut conn| {
+            conn.stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+            if conn.read_request().is_some() && conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 500000000\r\n\r\n") {
+                let block = vec![b'x'; 1 << 16];
+                while conn.write(&block) {}
+            }
+        });
+        let config = Config { idle_timeout: Duration::from_millis(1000), ..test_config(driver, vec![backend.url()]) };
+        let server = start_server(config);
+        let mut client = Client::connect(server.proxy_addr());
+        client.send(&get("/"));
+        // Not reading: the proxy's writes stall once the socket buffers fill.
+        std::thread::sleep(Duration::from_millis(3000));
+        let mut received = 0usize;
+        let mut chunk = vec![0u8; 1 << 20];
+        let end = loop {
+            match std::io::Read::read(&mut client.stream, &mut chunk) {
+                Ok(0) => break "EOF",
+                Ok(n) => received += n,
+                Err(error) if error.kind() == ErrorKind::ConnectionReset => break "reset",
+                Err(error) => panic!("after {received} bytes: {error}"),
+            }
+        };
+        assert_eq!(end, "reset", "after {received} bytes");
+        assert!(received < 100_000_000, "{received} bytes arrived: the proxy kept writing");
+        assert!(
+            wait_until(Duration::from_secs(2), || backend.open_handlers() == 0),
+            "the upstream connection stayed open"
+        );
+    }
+
+    fn a_long_upload_to_a_slowly_reading_backend_is_not_a_504(driver) {
+        // Reads the head, then the 4 MB body 64 KiB at a time, 20 ms apart
+        // (about 1.3 s), then answers: far past the 300 ms response timeout,
+        // but the backend keeps taking bytes all along.
+        let backend = RawBackend::start(|mut conn| {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if std::io::Read::read(&mut conn.stream, &mut byte).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let mut left = 4 << 20;
+            let mut block = vec![0u8; 1 << 16];
+            while left > 0 {
+                std::thread::sleep(Duration::from_millis(20));
+                match std::io::Read::read(&mut conn.stream, &mut block[..left.min(1 << 16)]) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left -= n,
+                }
+            }
+            conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        });
+        let config = Config { response_timeout: Duration::from_millis(300), ..test_config(driver, vec![backend.url()]) };
+        let server = start_server(config);
+        let mut client = Client::connect(server.proxy_addr());
+        let started = Instant::now();
+        let response = client.request(&post("/upload", &vec![b'u'; 4 << 20]));
+        assert_eq!((response.status, response.body_text().as_str()), (200, "ok"), "after {:?}:\n{}", started.elapsed(), response.head);
+        assert!(started.elapsed() > Duration::from_millis(600), "the backend read faster than planned: {:?}", started.elapsed());
+    }
 }
