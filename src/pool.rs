@@ -67,6 +67,8 @@ pub enum BackendUrlError {
     Scheme(String),
     #[error("backend url {0:?} must be http://host:port with no path")]
     Shape(String),
+    #[error("backend url {0:?}: the port must be 1-65535")]
+    Port(String),
     #[error("backend url {0:?}: cannot resolve host")]
     Resolve(String),
 }
@@ -91,6 +93,10 @@ pub fn parse_backend_url(url: &str) -> Result<(String, String, SocketAddr), Back
     } else {
         format!("{authority}:80")
     };
+    let port = with_port.rsplit_once(':').map_or("", |(_, port)| port);
+    if port.parse::<u16>().map_or(true, |port| port == 0) {
+        return Err(BackendUrlError::Port(url.to_string()));
+    }
     let addr = with_port
         .to_socket_addrs()
         .map_err(|_| BackendUrlError::Resolve(url.to_string()))?
@@ -105,6 +111,8 @@ pub enum PoolError {
     Url(#[from] BackendUrlError),
     #[error("backend {0} is already in the pool")]
     Duplicate(String),
+    #[error("backend {0} is percore's own proxy or admin listener")]
+    Loop(String),
     #[error("no backend {0}")]
     Unknown(String),
     #[error("weight {0} is out of range 1..=1000")]
@@ -126,6 +134,9 @@ pub struct ControlPlane {
     pub started: Instant,
     /// Round-robin's rotation, shared by the cores.
     pub round_robin: SharedCursor,
+    /// percore's own listeners, which are never a backend: proxying to the
+    /// proxy loops, and proxying to the admin API would expose it.
+    own_listeners: Mutex<Vec<SocketAddr>>,
 }
 
 impl ControlPlane {
@@ -147,6 +158,7 @@ impl ControlPlane {
             workers: PerCore::new(cores),
             started: Instant::now(),
             round_robin: SharedCursor::default(),
+            own_listeners: Mutex::new(Vec::new()),
         };
         (Arc::new(plane), receivers)
     }
@@ -155,14 +167,41 @@ impl ControlPlane {
         self.senders.len()
     }
 
+    /// Records percore's own listening addresses, refused as backends.
+    pub fn set_own_listeners(&self, addrs: &[SocketAddr]) {
+        *self.own_listeners.lock() = addrs.to_vec();
+    }
+
+    /// Whether `addr` reaches one of percore's own listeners: the same
+    /// address, or loopback or the unspecified address (which Linux connects
+    /// to the local host) against a listener on the unspecified address or
+    /// loopback. Other addresses of this host are not detected.
+    fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+        self.own_listeners.lock().iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip()
+                    || own.ip().is_unspecified() && local(addr.ip())
+                    || addr.ip().is_unspecified() && local(own.ip()))
+        })
+    }
+
     /// Adds a backend in state `up`; returns it and the new version.
     pub fn add_backend(&self, url: &str, weight: u32) -> Result<(Arc<Backend>, u64), PoolError> {
         if !(1..=1000).contains(&weight) {
             return Err(PoolError::Weight(weight));
         }
         let (url, authority, addr) = parse_backend_url(url)?;
+        if self.is_own_listener(addr) {
+            return Err(PoolError::Loop(url));
+        }
         let mut state = self.state.lock();
-        if state.backends.iter().any(|(b, _)| b.url == url) {
+        // The same address under another name is the same backend.
+        if state
+            .backends
+            .iter()
+            .any(|(b, _)| b.url == url || b.addr == addr)
+        {
             return Err(PoolError::Duplicate(url));
         }
         let backend = Arc::new(Backend {
@@ -397,6 +436,40 @@ mod tests {
             parse_backend_url("http://"),
             Err(BackendUrlError::Shape(_))
         ));
+        for url in [
+            "http://a:0",
+            "http://a:65536",
+            "http://a:x1",
+            "http://[::1]:0",
+        ] {
+            assert!(
+                matches!(parse_backend_url(url), Err(BackendUrlError::Port(_))),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn percore_is_never_its_own_backend() {
+        let (plane, _receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
+        plane.set_own_listeners(&[
+            "0.0.0.0:8080".parse().unwrap(),
+            "127.0.0.1:8081".parse().unwrap(),
+        ]);
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8081",
+            "http://0.0.0.0:8081",
+        ] {
+            assert_eq!(
+                plane.add_backend(url, 1).unwrap_err(),
+                PoolError::Loop(url.into()),
+                "{url}"
+            );
+        }
+        plane.add_backend("http://127.0.0.1:8082", 1).unwrap();
+        // Another loopback address is another socket than 127.0.0.1:8081.
+        plane.add_backend("http://127.0.0.2:8081", 1).unwrap();
     }
 
     #[test]
@@ -407,6 +480,10 @@ mod tests {
         assert_eq!(
             plane.add_backend("http://127.0.0.1:9002", 1).unwrap_err(),
             PoolError::Duplicate("http://127.0.0.1:9002".into())
+        );
+        assert_eq!(
+            plane.add_backend("http://localhost:9002", 1).unwrap_err(),
+            PoolError::Duplicate("http://localhost:9002".into())
         );
         let local = LocalPool::new(0, plane.round_robin.clone());
         let snapshots: Vec<_> = receivers[0].try_iter().collect();

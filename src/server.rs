@@ -116,6 +116,7 @@ impl Server {
         }
 
         let (plane, receivers) = ControlPlane::new(workers, config.strategy);
+        plane.set_own_listeners(&[proxy_addr, admin_addr]);
         for url in &backends {
             plane.add_backend(url, 1)?;
         }

@@ -201,6 +201,16 @@ both_drivers! {
         }
         let weight = admin.error("POST", "/backends", Some(r#"{"url": "http://127.0.0.1:9", "weight": 0}"#), 400);
         assert!(weight.contains("weight"), "{weight}");
+        // The same backend under another name.
+        let alias = existing.replace("127.0.0.1", "localhost");
+        admin.error("POST", "/backends", Some(&format!(r#"{{"url": "{alias}"}}"#)), 409);
+        // percore's own listeners: a proxy loop, or the admin API exposed.
+        let admin_addr = proxy.server.admin_addr();
+        for own in [proxy.addr(), admin_addr] {
+            let refused = admin.error("POST", "/backends", Some(&format!(r#"{{"url": "http://{own}"}}"#)), 400);
+            assert!(refused.contains("own"), "{refused}");
+        }
+        admin.error("POST", "/backends", Some(r#"{"url": "http://127.0.0.1:0"}"#), 400);
         let status = admin.status();
         assert_eq!(status["backends"].as_array().unwrap().len(), 1, "nothing was added: {status}");
     }

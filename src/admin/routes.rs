@@ -111,7 +111,7 @@ impl ApiError {
             ApiError::MalformedHttp(_)
             | ApiError::MalformedBody(_)
             | ApiError::UnknownStrategy(_) => 400,
-            ApiError::Pool(PoolError::Url(_) | PoolError::Weight(_)) => 400,
+            ApiError::Pool(PoolError::Url(_) | PoolError::Weight(_) | PoolError::Loop(_)) => 400,
             ApiError::Pool(PoolError::Duplicate(_)) => 409,
             ApiError::Pool(PoolError::Unknown(_)) => 404,
             ApiError::NotApplied { .. } | ApiError::ShuttingDown => 503,
