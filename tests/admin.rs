@@ -477,4 +477,29 @@ both_drivers! {
         assert!(half_sent.read_to_end().0.is_empty(), "so is one in the middle of a request");
         drop(mocks);
     }
+
+    fn connections_over_the_cap_get_503(driver) {
+        let proxy = Proxy::start(driver, 1);
+        let admin = Admin::of(&proxy);
+        // Each holds a slot with half a head.
+        let holders: Vec<Client> = (0..256)
+            .map(|_| {
+                let mut client = Client::connect(proxy.server.admin_addr());
+                client.send(b"GET /status HTTP/1.1\r\n");
+                client
+            })
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(2), || admin.call("GET", "/healthz", None).status == 503),
+            "a connection over the cap was not answered 503"
+        );
+        let refused = admin.call("GET", "/healthz", None);
+        assert_eq!(refused.header("retry-after"), Some("1"), "{}", refused.head);
+        assert!(refused.body_text().contains("too many"), "{}", refused.body_text());
+        drop(holders);
+        assert!(
+            wait_until(Duration::from_secs(2), || admin.call("GET", "/healthz", None).status == 200),
+            "the API did not recover once the slots were freed"
+        );
+    }
 }

@@ -56,8 +56,10 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Wire bytes a chunked body may use: chunk-size lines come on top of the
 /// `MAX_BODY` bytes of data it may carry.
 const MAX_CHUNKED_WIRE: usize = 2 * MAX_BODY;
-/// A keep-alive connection waiting for (or sending) its next request head.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A keep-alive connection waiting for (or sending) its next request head:
+/// short, as a connection slot held by a client that sends nothing or
+/// trickles its head is one of only `MAX_CONNECTIONS`.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// From the end of a request head to the end of its body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writing a reply to a client that does not read it.

@@ -37,10 +37,14 @@ use crate::runtime::{self, DriverKind};
 
 /// How often the admin thread looks at the process-wide shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
-/// Admin connections open at once; more are closed on accept. Operators and
-/// scripts need a handful; the cap keeps a runaway script from exhausting
-/// the process's file descriptors, which the workers share.
+/// Admin connections open at once; more are answered 503 and closed.
+/// Operators and scripts need a handful; the cap keeps a runaway script from
+/// exhausting the process's file descriptors, which the workers share.
 const MAX_CONNECTIONS: usize = 256;
+
+/// The answer to a connection over `MAX_CONNECTIONS`, written without
+/// reading its request.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 48\r\n\r\n{\"error\": \"too many admin connections are open\"}";
 /// On shutdown, how long open connections get to notice and close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -91,6 +95,17 @@ async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<At
             Ok((stream, peer)) => {
                 if context.open_connections.get() >= MAX_CONNECTIONS {
                     tracing::warn!(%peer, limit = MAX_CONNECTIONS, "admin connection refused: too many open");
+                    // One small write into a fresh socket's empty buffer
+                    // completes at once; the close follows it.
+                    monoio::spawn(async move {
+                        use monoio::io::AsyncWriteRentExt;
+                        let mut stream = stream;
+                        let _ = monoio::time::timeout(
+                            Duration::from_secs(1),
+                            stream.write_all(TOO_MANY),
+                        )
+                        .await;
+                    });
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
