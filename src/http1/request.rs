@@ -276,7 +276,7 @@ fn split_target<'b>(
     target: &'b str,
 ) -> Result<(&'b str, Option<&'b [u8]>), RequestError> {
     // A fragment is not part of any request-target form (RFC 9112 §3.2).
-    if memchr::memchr(b'#', target.as_bytes()).is_some() {
+    if target.as_bytes().contains(&b'#') {
         return Err(RequestError::BadTarget);
     }
     if target.starts_with('/') {
@@ -310,58 +310,57 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
 }
 
 /// An authority (host[:port]) made only of characters a URI allows there
-/// (RFC 3986 §3.2); userinfo ("@") is refused as RFC 9110 §4.2.4 deprecates it.
+/// (RFC 3986 §3.2); userinfo ("@") is refused as RFC 9110 §4.2.4 deprecates
+/// it. Brackets only around an IP literal, and a port of at most five digits
+/// after one colon (§3.2.2-3). One pass: it runs on every request's Host.
 fn valid_authority(value: &[u8]) -> bool {
-    !value.is_empty()
-        && value.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b':'
-                        | b'['
-                        | b']'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b'%'
-                )
-        })
-        && valid_port(value)
+    let Some(&first) = value.first() else {
+        return false;
+    };
+    let bracketed = first == b'[';
+    let mut in_brackets = bracketed;
+    // Where the port's digits start, once its colon is seen.
+    let mut port_from: Option<usize> = None;
+    for (i, &b) in value.iter().enumerate().skip(usize::from(bracketed)) {
+        let ok = if port_from.is_some() {
+            b.is_ascii_digit()
+        } else if in_brackets {
+            in_brackets = b != b']';
+            b == b']' || b == b':' || is_reg_name_byte(b)
+        } else if b == b':' {
+            port_from = Some(i + 1);
+            true
+        } else {
+            // After an IP literal only its port may follow.
+            !bracketed && is_reg_name_byte(b)
+        };
+        if !ok {
+            return false;
+        }
+    }
+    !in_brackets && port_from.is_none_or(|from| value.len() - from <= 5)
 }
 
-/// The authority's shape around its port: brackets only around an IP
-/// literal, and a port, if any, of at most five digits (RFC 3986 §3.2.2-3).
-fn valid_port(value: &[u8]) -> bool {
-    let rest = if value.first() == Some(&b'[') {
-        match memchr::memchr(b']', value) {
-            Some(end) => &value[end + 1..],
-            None => return false,
-        }
-    } else if memchr::memchr2(b'[', b']', value).is_some() {
-        return false;
-    } else {
-        match memchr::memchr(b':', value) {
-            Some(colon) => &value[colon..],
-            None => return true,
-        }
-    };
-    match rest.split_first() {
-        None => true,
-        Some((b':', port)) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
-        Some(_) => false,
-    }
+/// A byte of a reg-name or IP literal: unreserved, sub-delims or `%`.
+fn is_reg_name_byte(b: u8) -> bool {
+    REG_NAME_BYTES[usize::from(b)]
 }
+
+const REG_NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%')
+            || matches!(
+                c,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
