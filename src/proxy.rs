@@ -646,7 +646,10 @@ impl Connection {
             return Prepared::AnswerOptions { keep_alive };
         }
         self.request_id.clear();
-        match rewrite::find_request_id(head.headers) {
+        // A client's id is kept unless its Connection header made it hop-by-hop.
+        let client_id = rewrite::find_request_id(head.headers)
+            .filter(|_| !head.connection.names("x-request-id"));
+        match client_id {
             Some(id) => self.request_id.extend_from_slice(id),
             None => generate_request_id(&mut self.request_id, &self.core),
         }

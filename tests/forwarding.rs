@@ -160,6 +160,10 @@ both_drivers! {
         let response = client.request(b"GET /id HTTP/1.1\r\nHost: a\r\nX-Request-Id: given-abc-123\r\n\r\n");
         assert_eq!(response.headers_named("x-request-id"), vec!["given-abc-123"]);
         assert!(response.body_text().ends_with("request_id=given-abc-123\n"), "{}", response.body_text());
+        // Unless the client's Connection header makes it hop-by-hop.
+        let response = client.request(b"GET /id HTTP/1.1\r\nHost: a\r\nConnection: X-Request-Id\r\nX-Request-Id: hop-456\r\n\r\n");
+        let ids = response.headers_named("x-request-id");
+        assert!(ids.len() == 1 && ids[0] != "hop-456", "{}", response.head);
 
         // Also on a response the backend does not tag itself.
         let backend = RawBackend::ok();

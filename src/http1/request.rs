@@ -311,7 +311,7 @@ fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str>
 
 /// An authority (host[:port]) made only of characters a URI allows there
 /// (RFC 3986 §3.2); userinfo ("@") is refused as RFC 9110 §4.2.4 deprecates
-/// it. Brackets only around an IP literal, and a port of at most five digits
+/// it. Brackets only around an IP literal, and a port of at most 65535
 /// after one colon (§3.2.2-3). One pass: it runs on every request's Host.
 fn valid_authority(value: &[u8]) -> bool {
     let Some(&first) = value.first() else {
@@ -338,7 +338,12 @@ fn valid_authority(value: &[u8]) -> bool {
             return false;
         }
     }
-    !in_brackets && port_from.is_none_or(|from| value.len() - from <= 5)
+    // Five digits compare as numbers do: at most 65535.
+    !in_brackets
+        && port_from.is_none_or(|from| {
+            let digits = &value[from..];
+            digits.len() < 5 || digits.len() == 5 && digits <= &b"65535"[..]
+        })
 }
 
 /// A byte of a reg-name or IP literal: unreserved, sub-delims or `%`.
@@ -466,6 +471,8 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a:xyz\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a]b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
@@ -484,7 +491,9 @@ mod tests {
 
     #[test]
     fn authorities_with_ports_are_accepted() {
-        for host in ["a:8080", "a:", "[::1]:80", "[::1]", "a.b-c_d"] {
+        for host in [
+            "a:8080", "a:", "a:65535", "a:00080", "[::1]:80", "[::1]", "a.b-c_d",
+        ] {
             let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
             parse_ok(raw.as_bytes());
         }

@@ -122,7 +122,7 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead, fields: &Forwar
         for header in head
             .headers
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .filter(|h| !h.value.is_empty() && h.name.eq_ignore_ascii_case("x-forwarded-for"))
         {
             out.extend_from_slice(header.value);
             out.extend_from_slice(b", ");
@@ -299,6 +299,12 @@ mod tests {
         assert!(out.contains("Host: 127.0.0.1:9000\r\n"), "{out}");
         assert!(out.starts_with("GET / HTTP/1.1\r\n"));
         assert!(out.contains("Via: 1.0 percore\r\n"));
+    }
+
+    #[test]
+    fn an_empty_forwarded_for_adds_no_empty_element() {
+        let out = forward(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For:\r\n\r\n");
+        assert!(out.contains("X-Forwarded-For: 10.0.0.9\r\n"), "{out}");
     }
 
     #[test]
