@@ -178,11 +178,14 @@ impl ControlPlane {
     /// loopback. Other addresses of this host are not detected.
     fn is_own_listener(&self, addr: SocketAddr) -> bool {
         let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+        // IPv4-mapped IPv6 addresses compare as the IPv4 ones they carry.
+        let ip = addr.ip().to_canonical();
         self.own_listeners.lock().iter().any(|own| {
+            let own_ip = own.ip().to_canonical();
             own.port() == addr.port()
-                && (own.ip() == addr.ip()
-                    || own.ip().is_unspecified() && local(addr.ip())
-                    || addr.ip().is_unspecified() && local(own.ip()))
+                && (own_ip == ip
+                    || own_ip.is_unspecified() && local(ip)
+                    || ip.is_unspecified() && local(own_ip))
         })
     }
 
@@ -460,6 +463,7 @@ mod tests {
             "http://127.0.0.1:8080",
             "http://127.0.0.1:8081",
             "http://0.0.0.0:8081",
+            "http://[::ffff:127.0.0.1]:8080",
         ] {
             assert_eq!(
                 plane.add_backend(url, 1).unwrap_err(),
@@ -482,8 +486,8 @@ mod tests {
             PoolError::Duplicate("http://127.0.0.1:9002".into())
         );
         assert_eq!(
-            plane.add_backend("http://localhost:9002", 1).unwrap_err(),
-            PoolError::Duplicate("http://localhost:9002".into())
+            plane.add_backend("http://127.1:9002", 1).unwrap_err(),
+            PoolError::Duplicate("http://127.1:9002".into())
         );
         let local = LocalPool::new(0, plane.round_robin.clone());
         let snapshots: Vec<_> = receivers[0].try_iter().collect();

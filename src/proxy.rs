@@ -185,22 +185,40 @@ impl CoreContext {
     }
 
     /// Shuts down parked connections idle past their deadline (their parked
-    /// read ends and they close), and resets those whose client has accepted
-    /// no response bytes for the idle timeout (their pending write fails), as
+    /// read ends and they close), and resets those whose client has taken no
+    /// response bytes for the idle timeout (their pending write fails), as
     /// nginx's `send_timeout` does. Called once a second by the core's sweep.
+    ///
+    /// A write counts as moving while it is not the one seen last time, or
+    /// the socket's unsent queue changed: one write can wait on a large part
+    /// of the send buffer draining, so a client reading slowly but steadily
+    /// is not reset.
     pub fn close_expired(&self, now: Instant) {
         let send_timeout = self.settings.idle_timeout;
-        for (&fd, open) in self.open_connections.borrow().iter() {
+        for (&fd, open) in self.open_connections.borrow_mut().iter_mut() {
             if open.parked_until.is_some_and(|deadline| deadline <= now) {
                 // SAFETY: as in `close_connections`.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             }
-            if open
-                .writing_since
-                .get()
-                .is_some_and(|since| now.saturating_duration_since(since) >= send_timeout)
-            {
-                reset_connection(fd);
+            let writes = open.writes.get();
+            if writes % 2 == 0 {
+                open.write_seen = None;
+                continue;
+            }
+            let unsent = unsent_bytes(fd);
+            match open.write_seen {
+                Some(seen) if seen.writes == writes && seen.unsent == unsent => {
+                    if now.saturating_duration_since(seen.at) >= send_timeout {
+                        reset_connection(fd);
+                    }
+                }
+                _ => {
+                    open.write_seen = Some(WriteSeen {
+                        writes,
+                        unsent,
+                        at: now,
+                    })
+                }
             }
         }
     }
@@ -229,29 +247,39 @@ impl CoreContext {
 struct OpenConnection {
     /// While parked: when its idle timeout ends.
     parked_until: Option<Instant>,
-    /// While a write to the client is pending: since when.
-    writing_since: Rc<Cell<Option<Instant>>>,
+    /// The connection's write count (see `ClientOutput`).
+    writes: Rc<Cell<u64>>,
+    /// A pending write as the sweep last saw it move.
+    write_seen: Option<WriteSeen>,
 }
 
-/// The client connection's write half. The start of a pending write is
-/// shared with the core's sweep, which resets a client that stops reading:
-/// one check a second instead of a timer per write.
+#[derive(Clone, Copy)]
+struct WriteSeen {
+    writes: u64,
+    unsent: libc::c_int,
+    at: Instant,
+}
+
+/// The client connection's write half. Its write count is shared with the
+/// core's sweep, which resets a client that stops reading: one look a
+/// second instead of a timer per write.
 struct ClientOutput {
     wr: TcpOwnedWriteHalf,
-    writing_since: Rc<Cell<Option<Instant>>>,
-    ticker: Rc<Ticker>,
+    /// Incremented as each write starts and as it ends (or is dropped):
+    /// odd while one is pending.
+    writes: Rc<Cell<u64>>,
 }
 
 impl ClientOutput {
     async fn write_all<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-        struct Pending<'a>(&'a Cell<Option<Instant>>);
+        struct Pending<'a>(&'a Cell<u64>);
         impl Drop for Pending<'_> {
             fn drop(&mut self) {
-                self.0.set(None);
+                self.0.set(self.0.get() + 1);
             }
         }
-        self.writing_since.set(Some(self.ticker.now()));
-        let _pending = Pending(&self.writing_since);
+        self.writes.set(self.writes.get() + 1);
+        let _pending = Pending(&self.writes);
         self.wr.write_all(buf).await
     }
 }
@@ -273,12 +301,13 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
         .core(core.core())
         .active_connections
         .add(1);
-    let writing_since = Rc::new(Cell::new(None));
+    let writes = Rc::new(Cell::new(0));
     core.open_connections.borrow_mut().insert(
         fd,
         OpenConnection {
             parked_until: None,
-            writing_since: writing_since.clone(),
+            writes: writes.clone(),
+            write_seen: None,
         },
     );
     let conn = Connection {
@@ -289,11 +318,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
             pos: 0,
             idle_buf: Vec::new(),
         },
-        output: ClientOutput {
-            wr,
-            writing_since,
-            ticker: core.ticker.clone(),
-        },
+        output: ClientOutput { wr, writes },
         client_ip: peer.ip().to_canonical().to_string().into_boxed_str(),
         request_id: Vec::new(),
         up_head: Vec::new(),
@@ -481,6 +506,7 @@ struct Plan {
     version: Version,
     keep_alive: bool,
     is_head: bool,
+    expect_continue: bool,
     /// Safe to send again after a reused connection failed: idempotent and bodiless.
     retryable: bool,
     first_pick: Option<Rc<LocalBackend>>,
@@ -637,14 +663,6 @@ impl Connection {
             Ok(None) => return Prepared::Incomplete,
             Err(error) => return Prepared::Refuse(error),
         };
-        if head.max_forwards == Some(0) {
-            // The last hop allowed: percore is the final recipient (RFC 9110
-            // §7.6.2). A body it does not read ends the connection.
-            let keep_alive = head.keep_alive && head.framing == BodyFraming::None;
-            let head_len = head.head_len;
-            self.input.consume(head_len);
-            return Prepared::AnswerOptions { keep_alive };
-        }
         self.request_id.clear();
         // A client's id is kept unless its Connection header made it hop-by-hop.
         let client_id = rewrite::find_request_id(head.headers)
@@ -652,6 +670,15 @@ impl Connection {
         match client_id {
             Some(id) => self.request_id.extend_from_slice(id),
             None => generate_request_id(&mut self.request_id, &self.core),
+        }
+        if head.max_forwards == Some(0) {
+            // The last hop allowed: percore is the final recipient (RFC 9110
+            // §7.6.2). A body it does not read ends the connection.
+            let bodiless = matches!(head.framing, BodyFraming::None | BodyFraming::Length(0));
+            let keep_alive = head.keep_alive && bodiless;
+            let head_len = head.head_len;
+            self.input.consume(head_len);
+            return Prepared::AnswerOptions { keep_alive };
         }
         let first_pick = self.core.pool.pick(&[], self.core.ticker.now());
         let backend_authority = first_pick
@@ -669,6 +696,7 @@ impl Connection {
             version: head.version,
             keep_alive: head.keep_alive,
             is_head: head.is_head(),
+            expect_continue: head.expect_continue,
             retryable: head.is_idempotent()
                 && matches!(head.framing, BodyFraming::None | BodyFraming::Length(0)),
             first_pick,
@@ -845,10 +873,17 @@ impl Connection {
             request_read: Cell::new(!plan.has_body()),
             watch_client: Cell::new(false),
             awaiting_body: Cell::new(false),
+            body_started: Cell::new(false),
+            expect_continue: plan.expect_continue,
             writes: Cell::new(0),
             upstream_fd: conn.fd(),
         };
         let response_started = Cell::new(false);
+        // Odd while a write to the client is pending (see `ClientOutput`):
+        // one dropped half-way, such as an interim response, leaves the
+        // client no room for an answer of our own.
+        let client_writes = self.output.writes.clone();
+        let client_mid_write = || client_writes.get() % 2 == 1;
         let watch = self.canceller.handle();
         let mut response_buf = core.relay_buffers.take();
         let mut scratch = core.buffers.take();
@@ -895,11 +930,11 @@ impl Connection {
                     result = &mut upload, if upload_result.is_none() => {
                         match result {
                             Err(UploadError::ClientGone) => return Forwarded::Abort,
-                            Err(UploadError::BadChunked) if response_started.get() => return Forwarded::Abort,
+                            Err(UploadError::BadChunked) if response_started.get() || client_mid_write() => return Forwarded::Abort,
                             Err(UploadError::BadChunked) => {
                                 return Forwarded::Failed { status: 400, message: "malformed chunked request body", keep_client: false };
                             }
-                            Err(UploadError::ClientTimeout) if response_started.get() => return Forwarded::Abort,
+                            Err(UploadError::ClientTimeout) if response_started.get() || client_mid_write() => return Forwarded::Abort,
                             Err(UploadError::ClientTimeout) => {
                                 return Forwarded::Failed { status: 408, message: "request body not received in time", keep_client: false };
                             }
@@ -1058,8 +1093,11 @@ struct UploadProgress {
     /// both, so a fast exchange sets one timer, not two.
     watch_client: Cell<bool>,
     /// The upload waits for request body bytes from the client: the backend
-    /// may be waiting for them too, so its response time is not running.
+    /// may be waiting for them too, so its response time is not running,
+    /// unless the client waits for the backend's 100 (Continue) first.
     awaiting_body: Cell<bool>,
+    body_started: Cell<bool>,
+    expect_continue: bool,
     /// Writes of request bytes the backend has accepted: while these move,
     /// a long upload is progress, not a backend that fails to answer.
     writes: Cell<u64>,
@@ -1068,6 +1106,13 @@ struct UploadProgress {
 }
 
 impl UploadProgress {
+    /// The backend may be waiting for body bytes the client has not sent:
+    /// not the backend's delay, unless the client itself waits for a 100
+    /// (Continue) and has sent no body yet.
+    fn client_owes_body(&self) -> bool {
+        self.awaiting_body.get() && (self.body_started.get() || !self.expect_continue)
+    }
+
     /// Whether the backend took request bytes since `mark`, which is moved
     /// on: a write completed, or the socket's unsent queue shrank (one write
     /// can wait for a large part of the send buffer to drain).
@@ -1123,6 +1168,7 @@ async fn upload(
     settings: &ProxySettings,
 ) -> Result<(), UploadError> {
     let phase = &progress.phase;
+    progress.body_started.set(!input.pending().is_empty());
     up_head.truncate(plan.head_len);
     match plan.framing {
         BodyFraming::None | BodyFraming::Length(0) => write_upstream(wr, up_head, progress).await?,
@@ -1150,10 +1196,13 @@ async fn upload(
                 let start = input.pos;
                 let (result, slice) = wr.write_all(buf.slice(start..start + take)).await;
                 input.buf = slice.into_inner();
-                result.map_err(|_| UploadError::UpstreamWrite)?;
-                progress.writes.set(progress.writes.get() + 1);
+                // Consumed even if the write failed: `request_read` already
+                // says these bytes were read, and left in the buffer they
+                // would be parsed as the client's next request.
                 input.consume(take);
                 remaining -= take as u64;
+                result.map_err(|_| UploadError::UpstreamWrite)?;
+                progress.writes.set(progress.writes.get() + 1);
             }
         }
         BodyFraming::Chunked => {
@@ -1223,7 +1272,10 @@ async fn read_body(
     let result = monoio::time::timeout(settings.idle_timeout, input.read_more()).await;
     progress.awaiting_body.set(false);
     match result {
-        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(n)) if n > 0 => {
+            progress.body_started.set(true);
+            Ok(())
+        }
         Ok(_) => Err(UploadError::ClientGone),
         Err(_) => Err(UploadError::ClientTimeout),
     }
@@ -1337,11 +1389,11 @@ async fn read_upstream_into(
 }
 
 /// Reads response-head bytes until `deadline` (504). A response that is
-/// `WATCH_TICKS` late flags the upload side to watch the client. The backend's
-/// time starts once it has the whole request, as nginx's read timeout does:
-/// the deadline moves while the client still owes body bytes (the upload has
-/// its own timeout, 408) and while the backend keeps accepting them (a long
-/// upload); a backend that accepts nothing for a whole timeout gets a 504.
+/// `WATCH_TICKS` late flags the upload side to watch the client. Each time
+/// the deadline passes it moves on by a timeout if the client still owes body
+/// bytes (the upload has its own timeout, 408) or the backend took request
+/// bytes since the last look (a long upload): the backend gets one to two
+/// timeouts after the last request byte it took, then a 504.
 async fn read_head_bytes(
     rd: &mut TcpOwnedReadHalf,
     buf: &mut Vec<u8>,
@@ -1367,7 +1419,7 @@ async fn read_head_bytes(
     let (result, slice) = loop {
         match monoio::time::timeout_at((*deadline).into(), read.as_mut()).await {
             Ok(done) => break done,
-            Err(_) if progress.awaiting_body.get() || progress.advanced(&mut mark) => {
+            Err(_) if progress.client_owes_body() || progress.advanced(&mut mark) => {
                 *deadline = ticker.now() + timeout;
             }
             Err(_) => return Err(DownloadError::Timeout),

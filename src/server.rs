@@ -39,11 +39,17 @@ pub fn raise_fd_limit() {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // An unlimited hard limit cannot be the soft one: the kernel caps open
+    // files at fs.nr_open.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     let raised = unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
-            && (limit.rlim_cur >= limit.rlim_max || {
-                limit.rlim_cur = limit.rlim_max;
+            && (limit.rlim_cur >= limit.rlim_max.min(nr_open) || {
+                limit.rlim_cur = limit.rlim_max.min(nr_open);
                 libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
             })
     };

@@ -202,7 +202,7 @@ both_drivers! {
         let weight = admin.error("POST", "/backends", Some(r#"{"url": "http://127.0.0.1:9", "weight": 0}"#), 400);
         assert!(weight.contains("weight"), "{weight}");
         // The same backend under another name.
-        let alias = existing.replace("127.0.0.1", "localhost");
+        let alias = existing.replace("127.0.0.1", "127.1");
         admin.error("POST", "/backends", Some(&format!(r#"{{"url": "{alias}"}}"#)), 409);
         // percore's own listeners: a proxy loop, or the admin API exposed.
         let admin_addr = proxy.server.admin_addr();

@@ -405,6 +405,13 @@ both_drivers! {
         assert_eq!(response.status, 408, "after {:?}:\n{}", started.elapsed(), response.head);
         assert!(started.elapsed() >= Duration::from_millis(1000), "408 after only {:?}", started.elapsed());
 
+        // A client waiting for 100 (Continue) before its body owes nothing yet.
+        let mut client = Client::connect(server.proxy_addr());
+        let started = Instant::now();
+        let response = client.request(b"POST /upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!(response.status, 504, "after {:?}:\n{}", started.elapsed(), response.head);
+        assert!(started.elapsed() < Duration::from_millis(1000), "504 only after {:?}", started.elapsed());
+
         // With the whole request sent, a silent backend is the backend's fault.
         let mut client = Client::connect(server.proxy_addr());
         let response = client.request(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
@@ -424,10 +431,20 @@ both_drivers! {
         let server = start_server(config);
         let mut client = Client::connect(server.proxy_addr());
         client.send(&get("/"));
+        // Reading slowly but steadily for three idle timeouts is no stall.
+        let mut chunk = vec![0u8; 1 << 20];
+        let started = Instant::now();
+        let mut received = 0usize;
+        while started.elapsed() < Duration::from_millis(3000) {
+            match std::io::Read::read(&mut client.stream, &mut chunk[..4 * 1024]) {
+                Ok(n) if n > 0 => received += n,
+                other => panic!("a slow but steady reader was cut off after {received} bytes: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Not reading: the proxy's writes stall once the socket buffers fill.
         std::thread::sleep(Duration::from_millis(3000));
         let mut received = 0usize;
-        let mut chunk = vec![0u8; 1 << 20];
         let end = loop {
             match std::io::Read::read(&mut client.stream, &mut chunk) {
                 Ok(0) => break "EOF",

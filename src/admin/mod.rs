@@ -95,16 +95,26 @@ async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<At
             Ok((stream, peer)) => {
                 if context.open_connections.get() >= MAX_CONNECTIONS {
                     tracing::warn!(%peer, limit = MAX_CONNECTIONS, "admin connection refused: too many open");
-                    // One small write into a fresh socket's empty buffer
-                    // completes at once; the close follows it.
+                    // A lingering close, bounded: the reply, a FIN, then what
+                    // the client sent is read and dropped, since closing with
+                    // it unread would reset the reply away.
                     monoio::spawn(async move {
-                        use monoio::io::AsyncWriteRentExt;
+                        use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
                         let mut stream = stream;
-                        let _ = monoio::time::timeout(
-                            Duration::from_secs(1),
-                            stream.write_all(TOO_MANY),
-                        )
-                        .await;
+                        let linger = async {
+                            stream.write_all(TOO_MANY).await.0?;
+                            stream.shutdown().await?;
+                            let mut buf = vec![0u8; 4096];
+                            for _ in 0..16 {
+                                let (result, returned) = stream.read(buf).await;
+                                buf = returned;
+                                if result? == 0 {
+                                    break;
+                                }
+                            }
+                            io::Result::Ok(())
+                        };
+                        let _ = monoio::time::timeout(Duration::from_secs(1), linger).await;
                     });
                     continue;
                 }

@@ -92,6 +92,9 @@ pub struct RequestHead<'b, 'h> {
     /// answers itself, otherwise it forwards the value less one. `None` for
     /// other methods, which may ignore the field (TRACE is refused).
     pub max_forwards: Option<u64>,
+    /// `Expect: 100-continue`: the client may wait for an interim answer
+    /// before it sends the body.
+    pub expect_continue: bool,
 }
 
 impl RequestHead<'_, '_> {
@@ -144,6 +147,7 @@ pub fn parse<'b, 'h>(
     let mut host: Option<&'b [u8]> = None;
     let mut connection = ConnectionOptions::default();
     let mut max_forwards: Option<u64> = None;
+    let mut expect_continue = false;
     let is_options = method == "OPTIONS";
 
     for header in headers.iter() {
@@ -158,17 +162,22 @@ pub fn parse<'b, 'h>(
             10 if name.eq_ignore_ascii_case("connection") && !connection.add(header.value) => {
                 return Err(RequestError::TooManyConnectionOptions);
             }
+            6 if name.eq_ignore_ascii_case("expect") => {
+                expect_continue |= header.value.eq_ignore_ascii_case(b"100-continue");
+            }
             12 if is_options && name.eq_ignore_ascii_case("max-forwards") => {
                 // 1*DIGIT; several fields would leave the hop count in doubt.
                 let value = header.value;
                 if max_forwards.is_some()
                     || value.is_empty()
-                    || value.len() > 18
                     || !value.iter().all(u8::is_ascii_digit)
                 {
                     return Err(RequestError::BadMaxForwards);
                 }
-                max_forwards = Some(value.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')));
+                let hops = value.iter().fold(0u64, |n, &d| {
+                    n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                });
+                max_forwards = Some(hops);
             }
             14 if name.eq_ignore_ascii_case("content-length") => {
                 let n = parse_content_length(header.value).ok_or(RequestError::BadContentLength)?;
@@ -239,6 +248,7 @@ pub fn parse<'b, 'h>(
         connection,
         absolute_form: target_authority.is_some(),
         max_forwards,
+        expect_continue,
     }))
 }
 
@@ -321,15 +331,18 @@ fn valid_authority(value: &[u8]) -> bool {
     let mut in_brackets = bracketed;
     // Where the port's digits start, once its colon is seen.
     let mut port_from: Option<usize> = None;
+    let mut literal_end = 0;
     for (i, &b) in value.iter().enumerate().skip(usize::from(bracketed)) {
         let ok = if port_from.is_some() {
             b.is_ascii_digit()
         } else if in_brackets {
             in_brackets = b != b']';
+            literal_end = i;
             b == b']' || b == b':' || is_reg_name_byte(b)
         } else if b == b':' {
+            // A host comes before the port.
             port_from = Some(i + 1);
-            true
+            i > 0
         } else {
             // After an IP literal only its port may follow.
             !bracketed && is_reg_name_byte(b)
@@ -338,8 +351,15 @@ fn valid_authority(value: &[u8]) -> bool {
             return false;
         }
     }
+    // An IP literal is an IPv6 address (IPvFuture is not accepted).
+    let literal_ok = !bracketed
+        || value
+            .get(1..literal_end)
+            .and_then(|literal| std::str::from_utf8(literal).ok())
+            .is_some_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok());
     // Five digits compare as numbers do: at most 65535.
     !in_brackets
+        && literal_ok
         && port_from.is_none_or(|from| {
             let digits = &value[from..];
             digits.len() < 5 || digits.len() == 5 && digits <= &b"65535"[..]
@@ -476,6 +496,10 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a]b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: []\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [foo]:80\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n",
             b"GET http://a:b/ HTTP/1.1\r\nHost: x\r\n\r\n",
         ];
         for raw in cases {
