@@ -182,6 +182,11 @@ both_drivers! {
         let mut client = Client::connect(server.proxy_addr());
         client.send(&get("/"));
         expect_cut(&mut client, "chunked body cut");
+        // De-chunked for HTTP/1.0, the body is close-delimited: a clean close
+        // would make the truncated body look complete, so it ends in a reset.
+        let mut old = Client::connect(server.proxy_addr());
+        old.send(b"GET / HTTP/1.0\r\n\r\n");
+        expect_cut(&mut old, "HTTP/1.0 client, chunked body cut");
     }
 
     fn post_is_never_sent_twice(driver) {
@@ -351,18 +356,6 @@ both_drivers! {
         let mut old = Client::connect(server.proxy_addr());
         old.send(b"GET / HTTP/1.0\r\n\r\n");
         expect_cut(&mut old, "HTTP/1.0 client (close-delimited body)");
-    }
-
-    fn chunked_body_cut_for_an_http10_client_ends_in_a_reset(driver) {
-        // De-chunked for HTTP/1.0, the body is close-delimited: a clean close
-        // would make the truncated body look complete.
-        let mut cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n".to_vec();
-        cut.extend_from_slice(&[b'z'; 100]);
-        let backend = RawBackend::answer_then_close(cut);
-        let server = start_server(test_config(driver, vec![backend.url()]));
-        let mut old = Client::connect(server.proxy_addr());
-        old.send(b"GET / HTTP/1.0\r\n\r\n");
-        expect_cut(&mut old, "HTTP/1.0 client, chunked body cut");
     }
 
     fn broken_framing_found_before_anything_was_relayed_gives_502(driver) {
