@@ -34,6 +34,17 @@ fn expect_cut(client: &mut Client, what: &str) {
     }
 }
 
+/// A GET from an HTTP/1.1 client and one from an HTTP/1.0 client, each on
+/// a new connection, must both see the response cut.
+fn expect_cut_for_both_versions(server: &percore::Server, what: &str) {
+    let mut client = Client::connect(server.proxy_addr());
+    client.send(&get("/"));
+    expect_cut(&mut client, &format!("{what}, HTTP/1.1 client"));
+    let mut old = Client::connect(server.proxy_addr());
+    old.send(b"GET / HTTP/1.0\r\n\r\n");
+    expect_cut(&mut old, &format!("{what}, HTTP/1.0 client"));
+}
+
 both_drivers! {
     fn all_backends_removed_gives_503_with_retry_after(driver) {
         let proxy = Proxy::start(driver, 2);
@@ -179,14 +190,9 @@ both_drivers! {
         chunks.extend_from_slice(b"\r\n");
         let backend = RawBackend::answer_then_close(chunks);
         let server = start_server(test_config(driver, vec![backend.url()]));
-        let mut client = Client::connect(server.proxy_addr());
-        client.send(&get("/"));
-        expect_cut(&mut client, "chunked body cut");
         // De-chunked for HTTP/1.0, the body is close-delimited: a clean close
         // would make the truncated body look complete, so it ends in a reset.
-        let mut old = Client::connect(server.proxy_addr());
-        old.send(b"GET / HTTP/1.0\r\n\r\n");
-        expect_cut(&mut old, "HTTP/1.0 client, chunked body cut");
+        expect_cut_for_both_versions(&server, "chunked body cut");
     }
 
     fn post_is_never_sent_twice(driver) {
@@ -350,12 +356,8 @@ both_drivers! {
             }
         });
         let server = start_server(test_config(driver, vec![backend.url()]));
-        let mut client = Client::connect(server.proxy_addr());
-        client.send(&get("/"));
-        expect_cut(&mut client, "HTTP/1.1 client (body re-chunked)");
-        let mut old = Client::connect(server.proxy_addr());
-        old.send(b"GET / HTTP/1.0\r\n\r\n");
-        expect_cut(&mut old, "HTTP/1.0 client (close-delimited body)");
+        // Re-chunked for HTTP/1.1 (no last chunk), close-delimited for 1.0 (a reset).
+        expect_cut_for_both_versions(&server, "close-delimited body reset");
     }
 
     fn broken_framing_found_before_anything_was_relayed_gives_502(driver) {
