@@ -8,6 +8,10 @@
 //! core's sweep) drops the buffers no one took since the last trim.
 
 use std::cell::{Cell, RefCell};
+use std::io;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, CancelHandle, CancelableAsyncReadRent};
 
 pub struct BufferPool {
     free: RefCell<Vec<Vec<u8>>>,
@@ -64,6 +68,37 @@ impl BufferPool {
     pub fn buffer_size(&self) -> usize {
         self.buffer_size
     }
+}
+
+/// Reads into `buf` after its bytes, up to index `end` (at most its
+/// capacity). monoio reads a `Vec` from index 0 (its `IoBufMut` covers
+/// `0..capacity`), so appending needs a slice of the spare capacity. The
+/// buffer is put back whatever the result; only a dropped read loses it.
+pub async fn read_spare<R: AsyncReadRent>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    end: usize,
+) -> io::Result<usize> {
+    let owned = std::mem::take(buf);
+    let len = owned.len();
+    let (result, slice) = rd.read(owned.slice_mut(len..end)).await;
+    *buf = slice.into_inner();
+    result
+}
+
+/// As `read_spare` up to the capacity, cancellable without losing bytes: a
+/// cancelled read returns `ECANCELED` with the buffer (and any bytes that
+/// raced in).
+pub async fn read_spare_cancelable<R: CancelableAsyncReadRent>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    cancel: CancelHandle,
+) -> io::Result<usize> {
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let (result, slice) = rd.cancelable_read(owned.slice_mut(len..cap), cancel).await;
+    *buf = slice.into_inner();
+    result
 }
 
 #[cfg(test)]

@@ -8,15 +8,19 @@
 //! - [`worker`]: one pinned thread per core with its own SO_REUSEPORT listener,
 //!   applying pool updates between requests.
 //! - [`runtime`]: monoio runtime per core: tuned io_uring, or epoll fallback.
-//! - [`proxy`]: the data path, one task per client connection: head, pick,
-//!   forward, stream both ways, failures to status codes.
+//! - [`proxy`]: the data path, one task per client connection: the client
+//!   loop and parking (`proxy/mod.rs`), per-core context and sweep
+//!   (`core`), client I/O (`client`), one request's trip with retries
+//!   (`exchange`), the request body up (`upload`) and the response down
+//!   (`download`), and what the two halves share (`plan`).
 //! - [`http1`]: pure HTTP/1.1 framing: request/response heads, chunked coding,
 //!   header rewriting. No I/O.
 //! - [`pool`]: authoritative backend pool (control plane) and each core's view,
 //!   linked by versioned snapshots over crossbeam channels.
 //! - [`balance`]: the `Strategy` trait and its strategies, one file each.
 //! - [`upstream`]: backend connections and the per-core idle keep-alive pool.
-//! - [`buffer`]: per-core pool of I/O buffers.
+//! - [`buffer`]: per-core pool of I/O buffers, and reads that append to one.
+//! - [`sys`]: raw socket calls monoio lacks (reset, unsent queue, peek).
 //! - [`ticker`]: coarse per-core timers for the waits every request makes.
 //! - [`metrics`]: per-core counters, summed when read.
 //! - [`failure_log`]: backend failures at `warn`, rate-limited per core.
@@ -38,6 +42,7 @@ pub mod pool;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod sys;
 pub mod ticker;
 pub mod upstream;
 pub mod worker;

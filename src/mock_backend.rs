@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{AsyncWriteRentExt, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::buffer::{read_spare, read_spare_cancelable};
 use crate::http1::chunked::{LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{push_decimal, reason_phrase};
 use crate::http1::{BodyFraming, ChunkedDecoder, header_slots, request};
@@ -248,11 +248,8 @@ impl Conn {
         if self.buf.len() == self.buf.capacity() {
             self.buf.reserve(self.buf.capacity());
         }
-        let buf = std::mem::take(&mut self.buf);
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (result, slice) = self.stream.read(buf.slice_mut(len..cap)).await;
-        self.buf = slice.into_inner();
-        result
+        let end = self.buf.capacity();
+        read_spare(&mut self.stream, &mut self.buf, end).await
     }
 
     async fn flush(&mut self) -> io::Result<()> {
@@ -475,13 +472,12 @@ async fn delay_watching(conn: &mut Conn, delay: Duration) -> bool {
             return true;
         }
         let canceller = Canceller::new();
-        let buf = std::mem::take(&mut conn.buf);
-        let (len, cap) = (buf.len(), buf.capacity());
-        let mut read = std::pin::pin!(
-            conn.stream
-                .cancelable_read(buf.slice_mut(len..cap), canceller.handle())
-        );
-        let (result, slice) = monoio::select! {
+        let mut read = std::pin::pin!(read_spare_cancelable(
+            &mut conn.stream,
+            &mut conn.buf,
+            canceller.handle()
+        ));
+        let result = monoio::select! {
             biased;
             done = &mut read => done,
             _ = monoio::time::sleep_until(deadline) => {
@@ -489,7 +485,6 @@ async fn delay_watching(conn: &mut Conn, delay: Duration) -> bool {
                 read.await
             }
         };
-        conn.buf = slice.into_inner();
         match result {
             Ok(0) => return false,
             Ok(_) => {}

@@ -488,4 +488,39 @@ both_drivers! {
         assert_eq!((response.status, response.body_text().as_str()), (200, "ok"), "after {:?}:\n{}", started.elapsed(), response.head);
         assert!(started.elapsed() > Duration::from_millis(600), "the backend read faster than planned: {:?}", started.elapsed());
     }
+    fn a_hostless_request_retried_elsewhere_names_the_backend_it_reaches(driver) {
+        // An HTTP/1.0 request without Host gets the picked backend's
+        // authority as its Host; when that backend refuses, the retry on the
+        // next one must not carry the first one's authority.
+        let backend = RawBackend::start(|mut conn| {
+            while conn.read_request().is_some() {
+                if !conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") {
+                    return;
+                }
+            }
+        });
+        let refused = refused_url();
+        let server = start_server(test_config(driver, vec![refused.clone(), backend.url()]));
+        // Round-robin over two backends: one of the first two requests
+        // picks the refused backend first.
+        for i in 0..2 {
+            let mut client = Client::connect(server.proxy_addr());
+            client.send(format!("GET /old/{i} HTTP/1.0\r\n\r\n").as_bytes());
+            let response = client.read_response();
+            assert_eq!(response.status, 200, "request {i}: {}", response.head);
+        }
+        let snapshot = server.control().snapshot();
+        let refused_failures: u64 = snapshot
+            .backends
+            .iter()
+            .filter(|(b, _)| b.url == refused)
+            .map(|(b, _)| b.counters.sum(|c| &c.failures))
+            .sum();
+        assert!(refused_failures >= 1, "no request was retried after the refused backend");
+        let hosts: Vec<_> = backend.requests().iter().map(|r| r.header("host")).collect();
+        assert_eq!(hosts.len(), 2);
+        for host in hosts {
+            assert_eq!(host.as_deref(), Some(backend.addr().to_string().as_str()));
+        }
+    }
 }

@@ -3,6 +3,8 @@
 //! are dropped (RFC 9110 §7.6.1), framing is re-stated canonically, and the
 //! proxy fields (Via, X-Forwarded-*, X-Request-Id) are added.
 
+use std::ops::Range;
+
 use super::Version;
 use super::fields::is_hop_by_hop;
 use super::request::{BodyFraming, RequestHead};
@@ -61,8 +63,14 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[start..]);
 }
 
-/// Writes the request head to send upstream, always as HTTP/1.1.
-pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead, fields: &ForwardFields) {
+/// Writes the request head to send upstream, always as HTTP/1.1. Returns
+/// where in `out` the backend's authority stands as the Host of a request
+/// that had none, so a retry on another backend can rewrite it.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    fields: &ForwardFields,
+) -> Option<Range<usize>> {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     if head.absolute_form && !head.path.starts_with('/') {
@@ -100,9 +108,14 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead, fields: &Forwar
         push_field(out, name.as_bytes(), header.value);
     }
 
+    let mut backend_host = None;
     match (head.absolute_form, head.authority) {
         (true, Some(authority)) => push_field(out, b"Host", authority),
-        (false, None) => push_field(out, b"Host", fields.backend_authority),
+        (false, None) => {
+            let start = out.len() + b"Host: ".len();
+            push_field(out, b"Host", fields.backend_authority);
+            backend_host = Some(start..start + fields.backend_authority.len());
+        }
         _ => {}
     }
     match head.framing {
@@ -144,6 +157,7 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead, fields: &Forwar
     out.extend_from_slice(b"Via: ");
     out.extend_from_slice(head.version.via_token().as_bytes());
     out.extend_from_slice(b" percore\r\n\r\n");
+    backend_host
 }
 
 /// Writes the response head relayed to the client.

@@ -1,0 +1,209 @@
+//! What a core's client connections share: the local pool view, buffers,
+//! the ticker, request ids, and the set of open connections that the
+//! once-a-second sweep looks over (parked idle deadlines, stalled writes).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::buffer::BufferPool;
+use crate::failure_log::FailureLog;
+use crate::pool::{ControlPlane, LocalPool};
+use crate::proxy::ProxySettings;
+use crate::sys;
+use crate::ticker::Ticker;
+
+/// Response bodies are relayed through buffers of this size, so that a
+/// 64 KiB body and its head take one read and one write (with exactly
+/// 64 KiB the head pushes the body's last bytes into a second pair).
+pub(super) const RELAY_BUFFER: usize = 68 * 1024;
+/// Free space kept in front of the backend's bytes for the client's head.
+pub(super) const HEADROOM: usize = 1024;
+/// Free buffers a core keeps of each kind after a burst, until `trim`: a
+/// burst of large concurrent responses should not allocate and fault in
+/// fresh buffers each time.
+const MAX_FREE_BUFFERS: usize = 1024;
+
+/// Everything a core's connections share.
+pub struct CoreContext {
+    pub pool: Rc<LocalPool>,
+    /// Buffers for backend responses (`RELAY_BUFFER` plus headroom).
+    pub(super) relay_buffers: BufferPool,
+    /// Client connections open on this core, so shutdown can close them,
+    /// with the idle deadline of those that are parked: a sweep closes the
+    /// expired ones, so a parked connection needs no timer of its own (a
+    /// monoio timer is 640 bytes, twice the rest of a parked connection).
+    open_connections: RefCell<HashMap<RawFd, OpenConnection>>,
+    parked_total: Cell<u64>,
+    pub plane: Arc<ControlPlane>,
+    pub settings: ProxySettings,
+    /// Coarse timers for the waits every request makes (see `ticker`).
+    pub ticker: Rc<Ticker>,
+    pub buffers: BufferPool,
+    request_seq: Cell<u64>,
+    request_id_prefix: u32,
+    pub(super) failure_log: FailureLog,
+}
+
+/// What the core's sweep knows of an open client connection.
+struct OpenConnection {
+    /// While parked: when its idle timeout ends.
+    parked_until: Option<Instant>,
+    /// The connection's write count (see `client::ClientOutput`).
+    writes: Rc<Cell<u64>>,
+    /// A pending write as the sweep last saw it move.
+    write_seen: Option<WriteSeen>,
+}
+
+#[derive(Clone, Copy)]
+struct WriteSeen {
+    writes: u64,
+    unsent: libc::c_int,
+    at: Instant,
+}
+
+impl CoreContext {
+    pub fn new(
+        pool: Rc<LocalPool>,
+        plane: Arc<ControlPlane>,
+        settings: ProxySettings,
+    ) -> Rc<CoreContext> {
+        let started =
+            plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
+        Rc::new(CoreContext {
+            open_connections: RefCell::new(HashMap::new()),
+            parked_total: Cell::new(0),
+            relay_buffers: BufferPool::new(RELAY_BUFFER + HEADROOM, MAX_FREE_BUFFERS),
+            buffers: BufferPool::new(settings.buffer_size, MAX_FREE_BUFFERS),
+            pool,
+            plane,
+            settings,
+            ticker: Ticker::new(),
+            request_seq: Cell::new(0),
+            request_id_prefix: started ^ unix_seconds(),
+            failure_log: FailureLog::default(),
+        })
+    }
+
+    pub(super) fn core(&self) -> usize {
+        self.pool.core()
+    }
+
+    /// Shuts down every open client connection: their pending reads end
+    /// and their tasks finish, closing the sockets.
+    pub fn close_connections(&self) {
+        for &fd in self.open_connections.borrow().keys() {
+            // The fd stays open until its Connection is dropped, which
+            // removes it from this set first.
+            sys::shutdown(fd);
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.borrow().len()
+    }
+
+    /// Shuts down parked connections idle past their deadline (their parked
+    /// read ends and they close), and resets those whose client has taken no
+    /// response bytes for the send timeout (their pending write fails), as
+    /// nginx's `send_timeout` does. Called once a second by the core's sweep.
+    ///
+    /// A write counts as moving while it is not the one seen last time, or
+    /// the socket's unsent queue changed: one write can wait on a large part
+    /// of the send buffer draining, so a client reading slowly but steadily
+    /// is not reset.
+    pub fn close_expired(&self, now: Instant) {
+        let send_timeout = self.settings.idle_timeout;
+        for (&fd, open) in self.open_connections.borrow_mut().iter_mut() {
+            if open.parked_until.is_some_and(|deadline| deadline <= now) {
+                sys::shutdown(fd);
+            }
+            let writes = open.writes.get();
+            if writes % 2 == 0 {
+                open.write_seen = None;
+                continue;
+            }
+            let unsent = sys::unsent_bytes(fd);
+            match open.write_seen {
+                Some(seen) if seen.writes == writes && seen.unsent == unsent => {
+                    if now.saturating_duration_since(seen.at) >= send_timeout {
+                        sys::reset_connection(fd);
+                    }
+                }
+                _ => {
+                    open.write_seen = Some(WriteSeen {
+                        writes,
+                        unsent,
+                        at: now,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Frees the buffers that no connection needed in the last interval;
+    /// returns the bytes freed.
+    pub fn trim_buffers(&self) -> usize {
+        self.relay_buffers.trim() + self.buffers.trim()
+    }
+
+    /// Connections parked on this core since it started.
+    pub fn parked_total(&self) -> u64 {
+        self.parked_total.get()
+    }
+
+    /// Registers a new client connection with its shared write count.
+    pub(super) fn open(&self, fd: RawFd, writes: Rc<Cell<u64>>) {
+        self.open_connections.borrow_mut().insert(
+            fd,
+            OpenConnection {
+                parked_until: None,
+                writes,
+                write_seen: None,
+            },
+        );
+    }
+
+    pub(super) fn close(&self, fd: RawFd) {
+        self.open_connections.borrow_mut().remove(&fd);
+    }
+
+    /// Marks a connection parked until `deadline`, or awake with `None`.
+    pub(super) fn set_parked(&self, fd: RawFd, deadline: Option<Instant>) {
+        self.parked_total
+            .set(self.parked_total.get() + u64::from(deadline.is_some()));
+        if let Some(entry) = self.open_connections.borrow_mut().get_mut(&fd) {
+            entry.parked_until = deadline;
+        }
+    }
+
+    /// Appends a request id unique within this process run: start-time
+    /// prefix, core, sequence.
+    pub(super) fn generate_request_id(&self, out: &mut Vec<u8>) {
+        let seq = self.request_seq.get();
+        self.request_seq.set(seq + 1);
+        push_hex(out, u64::from(self.request_id_prefix), 8);
+        out.push(b'-');
+        push_hex(out, self.core() as u64, 1);
+        out.push(b'-');
+        push_hex(out, seq, 1);
+    }
+}
+
+fn unix_seconds() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+fn push_hex(out: &mut Vec<u8>, value: u64, min_digits: usize) {
+    let digits = (16 - value.leading_zeros() as usize / 4)
+        .max(min_digits)
+        .max(1);
+    for shift in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[((value >> (shift * 4)) & 0xf) as usize]);
+    }
+}
