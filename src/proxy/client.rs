@@ -7,7 +7,7 @@ use std::io;
 use std::rc::Rc;
 
 use monoio::buf::IoBuf;
-use monoio::io::{AsyncWriteRentExt, CancelHandle};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 use crate::buffer::{BufferPool, read_spare, read_spare_cancelable};
@@ -47,17 +47,22 @@ impl ClientInput {
         self.idle_buf.clear();
     }
 
-    /// Reads the first bytes of the next request into the small buffer.
+    /// Reads the first bytes of the next request into the small buffer,
+    /// from its start (it holds nothing between requests).
     pub(super) async fn read_idle(&mut self) -> io::Result<usize> {
-        self.idle_buf.clear();
-        let end = self.idle_buf.capacity();
-        read_spare(&mut self.rd, &mut self.idle_buf, end).await
+        let (result, idle_buf) = self.rd.read(std::mem::take(&mut self.idle_buf)).await;
+        self.idle_buf = idle_buf;
+        result
     }
 
     /// As `read_idle`, cancellable without losing bytes.
     pub(super) async fn read_idle_cancelable(&mut self, cancel: CancelHandle) -> io::Result<usize> {
-        self.idle_buf.clear();
-        read_spare_cancelable(&mut self.rd, &mut self.idle_buf, cancel).await
+        let (result, idle_buf) = self
+            .rd
+            .cancelable_read(std::mem::take(&mut self.idle_buf), cancel)
+            .await;
+        self.idle_buf = idle_buf;
+        result
     }
 
     pub(super) fn pending(&self) -> &[u8] {

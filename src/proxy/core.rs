@@ -44,7 +44,9 @@ pub struct CoreContext {
     pub ticker: Rc<Ticker>,
     pub buffers: BufferPool,
     request_seq: Cell<u64>,
-    request_id_prefix: u32,
+    /// `prefix-core-` of every request id this core generates: the same
+    /// for the whole run, so it is formatted once.
+    request_id_prefix: Box<[u8]>,
     pub(super) failure_log: FailureLog,
 }
 
@@ -73,6 +75,7 @@ impl CoreContext {
     ) -> Rc<CoreContext> {
         let started =
             plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
+        let request_id_prefix = request_id_prefix(started ^ unix_seconds(), pool.core());
         Rc::new(CoreContext {
             open_connections: RefCell::new(HashMap::new()),
             parked_total: Cell::new(0),
@@ -83,7 +86,7 @@ impl CoreContext {
             settings,
             ticker: Ticker::new(),
             request_seq: Cell::new(0),
-            request_id_prefix: started ^ unix_seconds(),
+            request_id_prefix,
             failure_log: FailureLog::default(),
         })
     }
@@ -185,12 +188,18 @@ impl CoreContext {
     pub(super) fn generate_request_id(&self, out: &mut Vec<u8>) {
         let seq = self.request_seq.get();
         self.request_seq.set(seq + 1);
-        push_hex(out, u64::from(self.request_id_prefix), 8);
-        out.push(b'-');
-        push_hex(out, self.core() as u64, 1);
-        out.push(b'-');
+        out.extend_from_slice(&self.request_id_prefix);
         push_hex(out, seq, 1);
     }
+}
+
+fn request_id_prefix(run: u32, core: usize) -> Box<[u8]> {
+    let mut prefix = Vec::new();
+    push_hex(&mut prefix, u64::from(run), 8);
+    prefix.push(b'-');
+    push_hex(&mut prefix, core as u64, 1);
+    prefix.push(b'-');
+    prefix.into_boxed_slice()
 }
 
 fn unix_seconds() -> u32 {
@@ -203,7 +212,10 @@ fn push_hex(out: &mut Vec<u8>, value: u64, min_digits: usize) {
     let digits = (16 - value.leading_zeros() as usize / 4)
         .max(min_digits)
         .max(1);
-    for shift in (0..digits).rev() {
-        out.push(b"0123456789abcdef"[((value >> (shift * 4)) & 0xf) as usize]);
+    let mut text = [0u8; 16];
+    for (i, byte) in text[..digits].iter_mut().enumerate() {
+        let shift = (digits - 1 - i) * 4;
+        *byte = b"0123456789abcdef"[((value >> shift) & 0xf) as usize];
     }
+    out.extend_from_slice(&text[..digits]);
 }

@@ -149,7 +149,20 @@ impl Download<'_> {
         self.response.resize(HEADROOM, 0);
         let mut interim = 0;
         loop {
-            let parsed = self.read_head(&mut deadline, interim).await?;
+            let Some(parsed) = self.parse_head()? else {
+                if self.response.len() - HEADROOM >= self.settings.buffer_size {
+                    return Err(response::ResponseError::HeadTooLarge.into());
+                }
+                match self.read_head_bytes(&mut deadline).await {
+                    Ok(_) => continue,
+                    Err(error @ (DownloadError::Closed | DownloadError::Io(_)))
+                        if self.response.len() == HEADROOM && interim == 0 =>
+                    {
+                        return Err(DownloadError::NoResponse(Box::new(error)));
+                    }
+                    Err(error) => return Err(error),
+                }
+            };
             if !parsed.interim {
                 return Ok(parsed.head);
             }
@@ -162,31 +175,6 @@ impl Download<'_> {
                 send(self.client, self.out, 0..len).await?;
             }
             self.response.drain(HEADROOM..parsed.head.body_start);
-        }
-    }
-
-    /// Reads until a whole head is buffered and parses it.
-    async fn read_head(
-        &mut self,
-        deadline: &mut Instant,
-        interim: usize,
-    ) -> Result<ParsedHead, DownloadError> {
-        loop {
-            if let Some(parsed) = self.parse_head()? {
-                return Ok(parsed);
-            }
-            if self.response.len() - HEADROOM >= self.settings.buffer_size {
-                return Err(response::ResponseError::HeadTooLarge.into());
-            }
-            match self.read_head_bytes(deadline).await {
-                Ok(_) => {}
-                Err(error @ (DownloadError::Closed | DownloadError::Io(_)))
-                    if self.response.len() == HEADROOM && interim == 0 =>
-                {
-                    return Err(DownloadError::NoResponse(Box::new(error)));
-                }
-                Err(error) => return Err(error),
-            }
         }
     }
 

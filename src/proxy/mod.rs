@@ -6,8 +6,10 @@
 //! Per request: the head is parsed by `http1::request`, a backend picked
 //! from this core's view of the pool, and `exchange` runs the upload (client
 //! → backend body) and the download (backend → client response)
-//! concurrently. Everything a request touches lives in this core: `Rc` and
-//! `Cell`, pooled buffers, and per-core counters that only this core writes.
+//! concurrently. What a request touches lives in this core (`Rc` and
+//! `Cell`, pooled buffers, per-core counters that only this core writes),
+//! with one exception: round-robin's cursor, shared by all cores so that
+//! they make one rotation, costs one atomic `fetch_add` per pick.
 //!
 //! - `core`: what a core's connections share, and the once-a-second sweep.
 //! - `client`: the client connection's input and output halves.

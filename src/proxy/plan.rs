@@ -185,6 +185,7 @@ impl Signal {
             if self.raised.get() {
                 return Poll::Ready(());
             }
+            // Cloned once: the waiter polls from the same task each time.
             let waker = match self.waiter.take() {
                 Some(waker) if waker.will_wake(cx.waker()) => waker,
                 _ => cx.waker().clone(),
