@@ -523,4 +523,38 @@ both_drivers! {
             assert_eq!(host.as_deref(), Some(backend.addr().to_string().as_str()));
         }
     }
+    fn a_safe_request_unanswered_on_a_fresh_connection_is_resent_once_elsewhere(driver) {
+        // One backend takes each request and closes without a byte of answer
+        // (a process dying with connections in its queue); the other answers.
+        let dying = RawBackend::close_before_answer();
+        let alive = RawBackend::ok();
+        let server = start_server(test_config(driver, vec![dying.url(), alive.url()]));
+        let sent = |backend: &RawBackend, method: &str| {
+            backend.requests().iter().filter(|r| r.method == method).count()
+        };
+        for i in 0..4 {
+            let mut client = Client::connect(server.proxy_addr());
+            let response = client.get(&format!("/get/{i}"));
+            assert_eq!(response.status, 200, "GET {i}: {}", response.head);
+        }
+        assert!(sent(&dying, "GET") >= 1, "no GET went to the dying backend first");
+        assert_eq!(sent(&alive, "GET"), 4);
+        // A POST the client marks as idempotent is resent too ...
+        let marked = b"POST /pay HTTP/1.1\r\nHost: x\r\nIdempotency-Key: 7\r\nContent-Length: 0\r\n\r\n";
+        for i in 0..2 {
+            let mut client = Client::connect(server.proxy_addr());
+            let response = client.request(marked);
+            assert_eq!(response.status, 200, "marked POST {i}: {}", response.head);
+        }
+        // ... but a plain one is never sent twice: one of two goes to the
+        // dying backend first and gets a 502.
+        let statuses: Vec<u16> = (0..2)
+            .map(|_| Client::connect(server.proxy_addr()).request(&post("/order", b"")).status)
+            .collect();
+        assert!(statuses.contains(&502), "{statuses:?}");
+        let plain_posts = dying.requests().iter().chain(alive.requests().iter())
+            .filter(|r| r.method == "POST" && r.header("idempotency-key").is_none())
+            .count();
+        assert_eq!(plain_posts, 2, "a plain POST reached the backends more than once");
+    }
 }

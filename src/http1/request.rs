@@ -98,9 +98,14 @@ pub struct RequestHead<'b, 'h> {
 }
 
 impl RequestHead<'_, '_> {
-    /// Methods a proxy may retry after a failure (RFC 9110 §9.2.2).
+    /// Requests a proxy may retry after a failure: idempotent methods (RFC
+    /// 9110 §9.2.2), and others that the client marks with an
+    /// `Idempotency-Key` field.
     pub fn is_idempotent(&self) -> bool {
         matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
+            || self.headers.iter().any(|header| {
+                header.name.len() == 15 && header.name.eq_ignore_ascii_case("idempotency-key")
+            })
     }
 
     pub fn is_head(&self) -> bool {

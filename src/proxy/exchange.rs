@@ -46,6 +46,10 @@ enum Forwarded {
     },
     /// A reused connection closed before any response byte; safe to resend.
     Stale,
+    /// A fresh connection closed or reset before any response byte (a
+    /// backend dying, or its listen queue reset): the request is safe to
+    /// resend, on another backend.
+    Unanswered,
     /// The backend failed: counted against it.
     Failed(Outcome),
     /// The client left, or sent a body percore refuses: not the backend's
@@ -72,6 +76,7 @@ impl Exchange<'_> {
         let mut tried = [0 as BackendId; MAX_ATTEMPTS];
         let mut tried_count = 0;
         let mut stale_retries = 0;
+        let mut resent_elsewhere = false;
         let mut next = plan.first_pick.clone();
         // A body the client is still sending cannot be left unread on a
         // connection that stays open.
@@ -131,10 +136,22 @@ impl Exchange<'_> {
                     tried_count -= 1;
                     next = Some(backend.clone());
                 }
-                Forwarded::Stale => {
+                Forwarded::Unanswered
+                    if !resent_elsewhere && self.up_head.len() >= plan.head_len =>
+                {
+                    // Once, as nginx's `proxy_next_upstream error` and
+                    // HAProxy's `retry-on` do: more would turn one bad
+                    // request into a storm.
+                    counters.failures.add(1);
+                    resent_elsewhere = true;
+                    if let Some(left_out) = core.failure_log.admit(core.ticker.now()) {
+                        tracing::warn!(backend = %backend.backend.url, left_out, "backend closed the connection before answering; resending on another backend");
+                    }
+                }
+                Forwarded::Stale | Forwarded::Unanswered => {
                     counters.failures.add(1);
                     if let Some(left_out) = core.failure_log.admit(core.ticker.now()) {
-                        tracing::warn!(backend = %backend.backend.url, left_out, "backend closed pooled connections before answering; 502");
+                        tracing::warn!(backend = %backend.backend.url, left_out, "backend closed the connection before answering; 502");
                     }
                     return failed(502, "backend closed the connection", plan.keep_alive);
                 }
@@ -227,7 +244,8 @@ impl Exchange<'_> {
             // get `up_head` back rather than dropping it with the future.
             // Only until the head write is done: after it the upload waits
             // for the (finished) download and would never end.
-            let resend = resendable && matches!(download_result, Err(DownloadError::NoResponse(_)));
+            let resend =
+                plan.retryable && matches!(download_result, Err(DownloadError::NoResponse(_)));
             if resend && upload_result.is_none() && progress.phase() == UploadPhase::Sending {
                 let head_written =
                     poll_until(upload.as_mut(), || progress.phase() != UploadPhase::Sending);
@@ -259,6 +277,7 @@ impl Exchange<'_> {
                 Forwarded::Failed(Outcome::Abort)
             }
             Err(DownloadError::NoResponse(_)) if resendable => Forwarded::Stale,
+            Err(DownloadError::NoResponse(_)) if plan.retryable => Forwarded::Unanswered,
             Err(error) => {
                 self.log_failure(backend, &error, "backend failed; answered with an error");
                 Forwarded::Failed(Outcome::Failed {
