@@ -29,6 +29,7 @@ use monoio::net::TcpStream;
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 use crate::buffer::BufferPool;
+use crate::config::ProxySettings;
 use crate::failure_log::FailureLog;
 use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody, ForwardFields};
@@ -39,39 +40,6 @@ use crate::metrics::ActiveGuard;
 use crate::pool::{BackendId, ControlPlane, LocalBackend, LocalPool, MAX_ATTEMPTS};
 use crate::ticker::{TICK, Ticker};
 use crate::upstream::{self, UpstreamConn};
-
-/// Data-path settings, the same on every core.
-#[derive(Debug, Clone, Copy)]
-pub struct ProxySettings {
-    /// Opening a backend connection; on expiry the next backend is tried.
-    pub connect_timeout: Duration,
-    /// Waiting for the response head, and between reads of a response body (504).
-    pub response_timeout: Duration,
-    /// From the first byte of a request head to its end (408).
-    pub request_head_timeout: Duration,
-    /// A client keep-alive connection waiting for its next request.
-    pub idle_timeout: Duration,
-    /// An idle pooled upstream connection is closed after this.
-    pub upstream_idle_timeout: Duration,
-    /// Idle upstream connections kept per backend per core.
-    pub max_idle_per_backend: usize,
-    /// Size of each pooled I/O buffer, and so the largest request head.
-    pub buffer_size: usize,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        ProxySettings {
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(60),
-            request_head_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            upstream_idle_timeout: Duration::from_secs(30),
-            max_idle_per_backend: 1024,
-            buffer_size: 16 * 1024,
-        }
-    }
-}
 
 /// A client connection idle this long is parked: its serving task (a few KB)
 /// ends and a small one waits for the next request, so that thousands of
@@ -186,7 +154,7 @@ impl CoreContext {
 
     /// Shuts down parked connections idle past their deadline (their parked
     /// read ends and they close), and resets those whose client has taken no
-    /// response bytes for the idle timeout (their pending write fails), as
+    /// response bytes for the send timeout (their pending write fails), as
     /// nginx's `send_timeout` does. Called once a second by the core's sweep.
     ///
     /// A write counts as moving while it is not the one seen last time, or
@@ -194,7 +162,7 @@ impl CoreContext {
     /// of the send buffer draining, so a client reading slowly but steadily
     /// is not reset.
     pub fn close_expired(&self, now: Instant) {
-        let send_timeout = self.settings.idle_timeout;
+        let send_timeout = self.settings.send_timeout;
         for (&fd, open) in self.open_connections.borrow_mut().iter_mut() {
             if open.parked_until.is_some_and(|deadline| deadline <= now) {
                 // SAFETY: as in `close_connections`.
@@ -327,7 +295,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
     };
     // A new connection starts parked: until its first bytes arrive it costs
     // a small task, not a serving one.
-    let timeout = conn.core.settings.idle_timeout;
+    let timeout = conn.core.settings.client_idle_timeout;
     park(conn, timeout).await;
 }
 
@@ -341,7 +309,11 @@ async fn serve(mut conn: Connection) {
                 Wait::Data => {}
                 Wait::Closed => return,
                 Wait::Park => {
-                    let timeout = conn.core.settings.idle_timeout.saturating_sub(PARK_AFTER);
+                    let timeout = conn
+                        .core
+                        .settings
+                        .client_idle_timeout
+                        .saturating_sub(PARK_AFTER);
                     monoio::spawn(park(conn, timeout));
                     return;
                 }
@@ -549,7 +521,7 @@ impl Connection {
     async fn wait_for_request(&mut self) -> Wait {
         let core = self.core.clone();
         self.input.release(&core.buffers);
-        let idle_timeout = core.settings.idle_timeout;
+        let idle_timeout = core.settings.client_idle_timeout;
         if idle_timeout <= PARK_AFTER {
             return match monoio::time::timeout(idle_timeout, self.input.read_idle()).await {
                 Ok(Ok(n)) if n > 0 => {
@@ -1269,7 +1241,7 @@ async fn read_body(
     settings: &ProxySettings,
 ) -> Result<(), UploadError> {
     progress.awaiting_body.set(true);
-    let result = monoio::time::timeout(settings.idle_timeout, input.read_more()).await;
+    let result = monoio::time::timeout(settings.client_body_timeout, input.read_more()).await;
     progress.awaiting_body.set(false);
     match result {
         Ok(Ok(n)) if n > 0 => {

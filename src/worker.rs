@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::Receiver;
 use monoio::io::Canceller;
 
+use crate::config::ProxySettings;
 use crate::pool::{ControlPlane, LocalPool, PoolSnapshot};
-use crate::proxy::{CoreContext, ProxySettings, serve_client};
+use crate::proxy::{CoreContext, serve_client};
 use crate::runtime::{self, DriverKind};
 
 /// How often an idle core looks for pool updates and the shutdown flag.

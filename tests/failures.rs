@@ -390,7 +390,7 @@ both_drivers! {
         let backend = RawBackend::never_answer();
         let config = Config {
             response_timeout: Duration::from_millis(300),
-            idle_timeout: Duration::from_millis(1200),
+            client_body_timeout: Duration::from_millis(1200),
             ..test_config(driver, vec![backend.url()])
         };
         let server = start_server(config);
@@ -413,7 +413,7 @@ both_drivers! {
         assert_eq!(response.status, 504, "{}", response.head);
     }
 
-    fn a_client_that_stops_reading_is_reset_after_the_idle_timeout(driver) {
+    fn a_client_that_stops_reading_is_reset_after_the_send_timeout(driver) {
         // A backend with a large body that would wait long for buffer space.
         let backend = RawBackend::start(|mut conn| {
             conn.stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -422,11 +422,11 @@ both_drivers! {
                 while conn.write(&block) {}
             }
         });
-        let config = Config { idle_timeout: Duration::from_millis(1000), ..test_config(driver, vec![backend.url()]) };
+        let config = Config { send_timeout: Duration::from_millis(1000), ..test_config(driver, vec![backend.url()]) };
         let server = start_server(config);
         let mut client = Client::connect(server.proxy_addr());
         client.send(&get("/"));
-        // Reading slowly but steadily for three idle timeouts is no stall.
+        // Reading slowly but steadily for three send timeouts is no stall.
         let mut chunk = vec![0u8; 1 << 20];
         let started = Instant::now();
         let mut received = 0usize;

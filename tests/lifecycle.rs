@@ -48,7 +48,7 @@ both_drivers! {
         // task), one longer (the parked connection's deadline, swept once a
         // second): both close the connection, neither before its time.
         for (idle_timeout, open_until, closed_by) in [(Duration::from_millis(200), Duration::from_millis(100), Duration::from_secs(2)), (Duration::from_millis(1500), Duration::from_millis(1000), Duration::from_secs(4))] {
-            let proxy = Proxy::start_with(driver, 1, |config| config.idle_timeout = idle_timeout);
+            let proxy = Proxy::start_with(driver, 1, |config| config.client_idle_timeout = idle_timeout);
             let mut client = proxy.client();
             assert_eq!(client.get("/").status, 200);
             let started = Instant::now();
