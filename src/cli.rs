@@ -44,7 +44,7 @@ pub struct ServeArgs {
     #[arg(long = "backend", value_name = "URL")]
     pub backends: Vec<String>,
     /// Load-balancing strategy [default: round_robin].
-    #[arg(long, value_parser = parse_strategy)]
+    #[arg(long, value_enum)]
     pub strategy: Option<StrategyKind>,
     /// Worker threads, one pinned per core [default: cores in the affinity mask].
     #[arg(long, value_name = "N")]
@@ -73,10 +73,6 @@ pub struct ServeArgs {
     /// Idle pooled upstream connection timeout [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<Duration>,
-}
-
-fn parse_strategy(text: &str) -> Result<StrategyKind, String> {
-    text.parse()
 }
 
 impl ServeArgs {

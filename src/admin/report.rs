@@ -16,7 +16,7 @@ use crate::pool::{Backend, BackendId, BackendState, ControlPlane};
 pub struct StatusDocument {
     pub version: u64,
     pub strategy: StrategyKind,
-    pub strategies: Vec<&'static str>,
+    pub strategies: Vec<String>,
     pub uptime_s: f64,
     pub workers: Vec<WorkerView>,
     pub backends: Vec<BackendView>,
@@ -82,7 +82,7 @@ pub fn status(plane: &ControlPlane) -> StatusDocument {
     StatusDocument {
         version: snapshot.version,
         strategy: snapshot.strategy,
-        strategies: StrategyKind::ALL.iter().map(|kind| kind.name()).collect(),
+        strategies: StrategyKind::all().iter().map(|kind| kind.name()).collect(),
         uptime_s: uptime_seconds(plane),
         workers: plane
             .workers
@@ -148,11 +148,11 @@ pub fn metrics(plane: &ControlPlane) -> String {
         "gauge",
         "Load-balancing strategy: 1 for the one in use.",
     );
-    for kind in StrategyKind::ALL {
+    for &kind in StrategyKind::all() {
         sample(
             &mut out,
             "percore_strategy",
-            &[("strategy", kind.name())],
+            &[("strategy", &kind.name())],
             u8::from(kind == snapshot.strategy),
         );
     }
