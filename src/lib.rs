@@ -7,6 +7,8 @@
 //! - [`server`]: starts the topology: control plane, workers, admin, mock backends.
 //! - [`worker`]: one pinned thread per core with its own SO_REUSEPORT listener,
 //!   applying pool updates between requests.
+//! - [`accept`]: the accept loop (with backoff on errors) of the proxy's and
+//!   the admin API's listeners.
 //! - [`runtime`]: monoio runtime per core: tuned io_uring, or epoll fallback.
 //! - [`proxy`]: the data path, one task per client connection: head, pick,
 //!   forward, stream both ways, failures to status codes.
@@ -24,6 +26,7 @@
 //! - [`admin`]: the admin API on the control plane.
 //! - [`mock_backend`]: the mock backends used by the demo, tests and benches.
 
+pub mod accept;
 pub mod admin;
 pub mod balance;
 pub mod buffer;

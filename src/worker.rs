@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::Receiver;
 use monoio::io::Canceller;
 
+use crate::accept::accept_loop;
 use crate::config::ProxySettings;
 use crate::pool::{ControlPlane, LocalPool, PoolSnapshot};
 use crate::proxy::{CoreContext, serve_client};
@@ -86,24 +87,17 @@ async fn run_core(spec: WorkerSpec) {
         settings.upstream_idle_timeout,
     ));
 
-    let mut last_error_log: Option<Instant> = None;
-    loop {
-        match listener.cancelable_accept(stop_accepting.clone()).await {
-            Ok((stream, peer)) => {
-                monoio::spawn(serve_client(stream, peer, core.clone()));
-            }
-            Err(_) if shutdown.load(Ordering::Acquire) => break,
-            Err(error) => {
-                // Out of file descriptors, mostly: say so (at most once a
-                // second) and back off briefly instead of spinning.
-                if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
-                    tracing::warn!(worker = index, %error, "accept failed");
-                    last_error_log = Some(Instant::now());
-                }
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let name = format!("worker {index}");
+    accept_loop(
+        &listener,
+        stop_accepting,
+        || shutdown.load(Ordering::Acquire),
+        &name,
+        |stream, peer| {
+            monoio::spawn(serve_client(stream, peer, core.clone()));
+        },
+    )
+    .await;
 
     // Shutdown: stop listening, close every client connection and idle
     // upstream connection, and give the driver a few turns so the sockets'
