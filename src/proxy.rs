@@ -36,7 +36,7 @@ use crate::http1::rewrite::{self, ClientBody, ForwardFields};
 use crate::http1::{
     BodyFraming, ChunkedDecoder, ResponseFraming, Version, header_slots, request, response,
 };
-use crate::metrics::ActiveGuard;
+use crate::metrics::InFlightGuard;
 use crate::pool::{BackendId, ControlPlane, LocalBackend, LocalPool, MAX_ATTEMPTS};
 use crate::ticker::{TICK, Ticker};
 use crate::upstream::{self, UpstreamConn};
@@ -264,11 +264,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    core.plane
-        .workers
-        .core(core.core())
-        .active_connections
-        .add(1);
+    core.plane.workers.core(core.core()).open_connections.add(1);
     let writes = Rc::new(Cell::new(0));
     core.open_connections.borrow_mut().insert(
         fd,
@@ -466,7 +462,7 @@ impl Drop for Connection {
             .plane
             .workers
             .core(self.core.core())
-            .active_connections
+            .open_connections
             .sub(1);
         self.core.open_connections.borrow_mut().remove(&self.fd);
     }
@@ -739,7 +735,7 @@ impl Connection {
             let counters = backend.backend.counters.core(core.core());
             // Active from the pick, so a backend being drained counts the
             // requests still connecting to it.
-            let _active = ActiveGuard::new(&counters.active);
+            let _in_flight = InFlightGuard::new(&counters.in_flight);
             let conn = match self.checkout(&backend, plan).await {
                 Ok(conn) => conn,
                 Err(error) => {

@@ -114,8 +114,9 @@ async fn run_core(spec: WorkerSpec) {
 
 /// Closes parked client connections whose idle timeout has passed and resets
 /// clients that stopped reading (see `close_expired`), once a
-/// second (so an idle timeout is honoured to within a second), and frees
-/// the buffers that went unused for that second.
+/// second (so an idle timeout is honoured to within a second), frees
+/// the buffers that went unused for that second, and publishes the core's
+/// count of parked connections to its `WorkerStats`.
 async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
     let mut parked_before = 0;
     let mut wave_before = false;
@@ -124,6 +125,11 @@ async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
         core.close_expired(Instant::now());
         let freed = core.trim_buffers();
         let parked = core.parked_total();
+        core.plane
+            .workers
+            .core(core.pool.core())
+            .parked_total
+            .set(parked);
         let wave = parked - parked_before >= TRIM_AFTER_PARKED;
         // Once more after a wave, for the connections that parked at its end.
         if wave || wave_before || freed >= TRIM_AFTER_FREED {
