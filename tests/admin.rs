@@ -1,4 +1,4 @@
-//! The admin API as an operator sees it (`shared/admin-api.md`): the status
+//! The admin API as an operator sees it (`docs/admin-api.md`): the status
 //! document, adding and removing backends with traffic through the proxy
 //! following at once, strategy switches, every error status, Prometheus
 //! metrics, and a prompt shutdown. Everything on port 0, under both drivers.

@@ -1,6 +1,6 @@
 //! The admin API (control plane), on a thread and monoio runtime of its own so
 //! that no operator request ever runs on a worker core. The contract is
-//! `shared/admin-api.md`.
+//! `docs/admin-api.md`.
 //!
 //! - `connection`: HTTP/1.1 per connection, with monoio-http's h1 codec,
 //!   plus what it lacks: size limits, timeouts, keep-alive rules.

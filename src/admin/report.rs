@@ -11,7 +11,7 @@ use crate::balance::StrategyKind;
 use crate::metrics::WorkerStats;
 use crate::pool::{Backend, BackendId, BackendState, ControlPlane};
 
-/// `GET /status`, field for field as `shared/admin-api.md` shows it.
+/// `GET /status`, field for field as `docs/admin-api.md` shows it.
 #[derive(Debug, Serialize)]
 pub struct StatusDocument {
     pub version: u64,
