@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! In the order a request flows:
-//! - [`cli`], [`config`]: command line and JSON settings, validated up front.
+//! - [`cli`], [`config`]: command line and JSON settings, validated up front,
+//!   and the data path's settings (`ProxySettings`) made from them.
 //! - [`server`]: starts the topology: control plane, workers, admin, mock backends.
 //! - [`worker`]: one pinned thread per core with its own SO_REUSEPORT listener,
 //!   applying pool updates between requests.
