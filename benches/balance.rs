@@ -22,7 +22,7 @@ fn pool_with(backends: usize, strategy: StrategyKind) -> std::rc::Rc<LocalPool> 
 
 fn selection(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
-    for strategy in StrategyKind::ALL {
+    for &strategy in StrategyKind::all() {
         for backends in [3, 16, 256] {
             let pool = pool_with(backends, strategy);
             let now = Instant::now();

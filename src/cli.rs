@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::balance::StrategyKind;
-use crate::config::{Config, ConfigError, DriverChoice, parse_duration};
+use crate::config::{Config, ConfigError, DriverChoice};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,7 +44,7 @@ pub struct ServeArgs {
     #[arg(long = "backend", value_name = "URL")]
     pub backends: Vec<String>,
     /// Load-balancing strategy [default: round_robin].
-    #[arg(long, value_parser = parse_strategy)]
+    #[arg(long, value_enum)]
     pub strategy: Option<StrategyKind>,
     /// Worker threads, one pinned per core [default: cores in the affinity mask].
     #[arg(long, value_name = "N")]
@@ -52,25 +52,27 @@ pub struct ServeArgs {
     /// I/O driver [default: auto, io_uring with epoll fallback].
     #[arg(long, value_enum)]
     pub driver: Option<DriverChoice>,
-    /// Backend connect timeout (e.g. 5s, 500ms) [default: 5s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    /// Backend connect timeout (e.g. 5s, 500ms, 1m 30s) [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub connect_timeout: Option<Duration>,
     /// Upstream response-head timeout, also between body reads [default: 60s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub response_timeout: Option<Duration>,
     /// Deadline for a client to send a whole request head [default: 30s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub request_head_timeout: Option<Duration>,
-    /// Idle client keep-alive timeout [default: 60s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub idle_timeout: Option<Duration>,
+    /// Idle client keep-alive connection, between requests [default: 60s].
+    #[arg(long, alias = "idle-timeout", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub client_idle_timeout: Option<Duration>,
+    /// A client that sends no request body bytes this long gets a 408 [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub client_body_timeout: Option<Duration>,
+    /// A client that accepts no response bytes this long is reset [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub send_timeout: Option<Duration>,
     /// Idle pooled upstream connection timeout [default: 30s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<Duration>,
-}
-
-fn parse_strategy(text: &str) -> Result<StrategyKind, String> {
-    text.parse()
 }
 
 impl ServeArgs {
@@ -102,7 +104,9 @@ impl ServeArgs {
             (self.connect_timeout, &mut config.connect_timeout),
             (self.response_timeout, &mut config.response_timeout),
             (self.request_head_timeout, &mut config.request_head_timeout),
-            (self.idle_timeout, &mut config.idle_timeout),
+            (self.client_idle_timeout, &mut config.client_idle_timeout),
+            (self.client_body_timeout, &mut config.client_body_timeout),
+            (self.send_timeout, &mut config.send_timeout),
             (
                 self.upstream_idle_timeout,
                 &mut config.upstream_idle_timeout,
@@ -162,6 +166,31 @@ mod tests {
         assert_eq!(config.workers, Some(2));
         assert_eq!(config.strategy, StrategyKind::LeastConnections);
         assert_eq!(config.connect_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn timeout_flags_take_the_file_syntax() {
+        let cli = Cli::try_parse_from([
+            "percore",
+            "--idle-timeout",
+            "2s",
+            "--client-body-timeout",
+            "1m 30s",
+            "--send-timeout",
+            "750ms",
+        ])
+        .unwrap();
+        let config = cli.serve.to_config().unwrap();
+        assert_eq!(config.client_idle_timeout, Duration::from_secs(2));
+        assert_eq!(config.client_body_timeout, Duration::from_secs(90));
+        assert_eq!(config.send_timeout, Duration::from_millis(750));
+        for bad in ["5", "fast", "0s"] {
+            let parsed = Cli::try_parse_from(["percore", "--connect-timeout", bad]);
+            assert!(
+                parsed.is_err() || parsed.unwrap().serve.to_config().is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

@@ -1,15 +1,62 @@
-//! Settings: the JSON config file, CLI overrides and their validation. Every
-//! mistake becomes one `ConfigError` naming the setting, never a panic.
+//! Settings: the JSON config file, CLI overrides and their validation, and
+//! the data-path settings (`ProxySettings`) they produce. Every mistake
+//! becomes one `ConfigError` naming the setting, never a panic. Durations use
+//! one syntax everywhere, humantime's (`500ms`, `5s`, `2m`, `1h 30m`), in
+//! flags and in the file alike; a bare number is refused, since it would not
+//! say its unit.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::balance::StrategyKind;
 use crate::pool::{BackendUrlError, parse_backend_url};
-use crate::proxy::ProxySettings;
+
+/// Data-path settings, the same on every core.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxySettings {
+    /// Opening a backend connection; on expiry the next backend is tried.
+    pub connect_timeout: Duration,
+    /// Waiting for the response head, and between reads of a response body (504).
+    pub response_timeout: Duration,
+    /// From the first byte of a request head to its end (408).
+    pub request_head_timeout: Duration,
+    /// A client keep-alive connection waiting for its next request.
+    pub client_idle_timeout: Duration,
+    /// A client that sends no request body bytes for this long gets a 408.
+    pub client_body_timeout: Duration,
+    /// A client that accepts no response bytes for this long is reset
+    /// (as nginx's `send_timeout`).
+    pub send_timeout: Duration,
+    /// An idle pooled upstream connection is closed after this.
+    pub upstream_idle_timeout: Duration,
+    /// Idle upstream connections kept per backend per core.
+    pub max_idle_per_backend: usize,
+    /// Size of each pooled I/O buffer, and so the largest request head.
+    pub buffer_size: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            request_head_timeout: Duration::from_secs(30),
+            client_idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(30),
+            max_idle_per_backend: 1024,
+            buffer_size: 16 * 1024,
+        }
+    }
+}
+
+/// The longest timeout accepted: a deadline must stay representable as an
+/// `Instant`, and a year is already "never" for a proxy.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 86_400);
 
 /// Which monoio driver the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -35,15 +82,20 @@ pub struct Config {
     /// Worker threads; `None`: one per core in the process's affinity mask.
     pub workers: Option<usize>,
     pub driver: DriverChoice,
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
-    #[serde(with = "duration_text")]
+    #[serde(with = "humantime_serde")]
     pub request_head_timeout: Duration,
-    #[serde(with = "duration_text")]
-    pub idle_timeout: Duration,
-    #[serde(with = "duration_text")]
+    /// `idle_timeout` is its former name, still accepted.
+    #[serde(with = "humantime_serde", alias = "idle_timeout")]
+    pub client_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub client_body_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub upstream_idle_timeout: Duration,
     pub max_idle_per_backend: usize,
     /// Where the seed topology's mock backends listen when no backend is configured.
@@ -63,7 +115,9 @@ impl Default for Config {
             connect_timeout: proxy.connect_timeout,
             response_timeout: proxy.response_timeout,
             request_head_timeout: proxy.request_head_timeout,
-            idle_timeout: proxy.idle_timeout,
+            client_idle_timeout: proxy.client_idle_timeout,
+            client_body_timeout: proxy.client_body_timeout,
+            send_timeout: proxy.send_timeout,
             upstream_idle_timeout: proxy.upstream_idle_timeout,
             max_idle_per_backend: proxy.max_idle_per_backend,
             mock_backends: ["127.0.0.1:8082", "127.0.0.1:8083", "127.0.0.1:8084"]
@@ -93,6 +147,8 @@ pub enum ConfigError {
     ZeroWorkers,
     #[error("{0} must be greater than zero")]
     ZeroTimeout(&'static str),
+    #[error("{0} must be at most a year")]
+    TimeoutTooLong(&'static str),
 }
 
 impl Config {
@@ -125,11 +181,16 @@ impl Config {
             ("connect_timeout", self.connect_timeout),
             ("response_timeout", self.response_timeout),
             ("request_head_timeout", self.request_head_timeout),
-            ("idle_timeout", self.idle_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
+            ("client_body_timeout", self.client_body_timeout),
+            ("send_timeout", self.send_timeout),
             ("upstream_idle_timeout", self.upstream_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));
+            }
+            if value > MAX_TIMEOUT {
+                return Err(ConfigError::TimeoutTooLong(name));
             }
         }
         Ok(())
@@ -140,7 +201,9 @@ impl Config {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             request_head_timeout: self.request_head_timeout,
-            idle_timeout: self.idle_timeout,
+            client_idle_timeout: self.client_idle_timeout,
+            client_body_timeout: self.client_body_timeout,
+            send_timeout: self.send_timeout,
             upstream_idle_timeout: self.upstream_idle_timeout,
             max_idle_per_backend: self.max_idle_per_backend,
             ..ProxySettings::default()
@@ -148,57 +211,47 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (use e.g. 500ms, 5s, 2m)"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?} (use ms, s or m)"
-            ));
-        }
-    };
-    if !seconds.is_finite() || seconds > 86_400.0 * 365.0 {
-        return Err(format!("duration {text:?} out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-mod duration_text {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&format!("{}ms", value.as_millis()))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn from_json(text: &str) -> Result<Config, String> {
+        serde_json::from_str::<Config>(text).map_err(|error| error.to_string())
+    }
+
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("fast").is_err());
+    fn durations_need_a_unit_in_the_file() {
+        for (text, expected) in [
+            ("250ms", Duration::from_millis(250)),
+            ("5s", Duration::from_secs(5)),
+            ("2m", Duration::from_secs(120)),
+            ("1h 30m", Duration::from_secs(5400)),
+        ] {
+            let config = from_json(&format!(r#"{{"send_timeout": "{text}"}}"#)).unwrap();
+            assert_eq!(config.send_timeout, expected, "{text}");
+        }
+        for bad in [r#""5""#, "5", r#""fast""#, r#""-1s""#] {
+            let error = from_json(&format!(r#"{{"connect_timeout": {bad}}}"#)).unwrap_err();
+            assert!(error.contains("line 1"), "{bad}: {error}");
+        }
+        let config = from_json(r#"{"connect_timeout": "2years"}"#).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::TimeoutTooLong("connect_timeout"))
+        ));
+    }
+
+    #[test]
+    fn idle_timeout_is_the_old_name_of_client_idle_timeout() {
+        let config = from_json(r#"{"idle_timeout": "7s"}"#).unwrap();
+        assert_eq!(config.client_idle_timeout, Duration::from_secs(7));
+        assert_eq!(config.send_timeout, Duration::from_secs(60));
+        assert_eq!(config.client_body_timeout, Duration::from_secs(60));
+        let settings = config.proxy_settings();
+        assert_eq!(settings.client_idle_timeout, Duration::from_secs(7));
+        let error =
+            from_json(r#"{"idle_timeout": "7s", "client_idle_timeout": "8s"}"#).unwrap_err();
+        assert!(error.contains("duplicate"), "{error}");
     }
 
     #[test]

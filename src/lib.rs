@@ -3,10 +3,13 @@
 //!
 //! # Layout
 //! In the order a request flows:
-//! - [`cli`], [`config`]: command line and JSON settings, validated up front.
+//! - [`cli`], [`config`]: command line and JSON settings, validated up front,
+//!   and the data path's settings (`ProxySettings`) made from them.
 //! - [`server`]: starts the topology: control plane, workers, admin, mock backends.
 //! - [`worker`]: one pinned thread per core with its own SO_REUSEPORT listener,
 //!   applying pool updates between requests.
+//! - [`accept`]: the accept loop (with backoff on errors) of the proxy's and
+//!   the admin API's listeners.
 //! - [`runtime`]: monoio runtime per core: tuned io_uring, or epoll fallback.
 //! - [`proxy`]: the data path, one task per client connection: the client
 //!   loop and parking (`proxy/mod.rs`), per-core context and sweep
@@ -28,6 +31,7 @@
 //! - [`admin`]: the admin API on the control plane.
 //! - [`mock_backend`]: the mock backends used by the demo, tests and benches.
 
+pub mod accept;
 pub mod admin;
 pub mod balance;
 pub mod buffer;

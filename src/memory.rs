@@ -5,12 +5,10 @@
 //! allocations (its parked task, a 128-byte read buffer, the socket) that
 //! were made among the large, short-lived ones of the request it served
 //! (the serving task, I/O buffers). glibc can only return whole free pages,
-//! and those small survivors pin them: measured, 10,000 idle connections
-//! held 12 MB of live data in 28 MB of anonymous memory, even after
-//! `malloc_trim`. jemalloc keeps each size class in slabs of its own, so
-//! the survivors share pages and the rest is purged: the same 10,000
-//! connections took 9-11 MB of anonymous memory, 18 MiB of RSS in all
-//! (bench-scripts/idle-rss, one worker; nginx: 25 MiB).
+//! and those small survivors pin them, even after `malloc_trim`. jemalloc
+//! keeps each size class in slabs of its own, so the survivors share pages
+//! and the rest is purged (docs/performance-notes.md has the figures, from
+//! bench-scripts/idle-rss).
 
 use std::ffi::{CStr, c_char};
 

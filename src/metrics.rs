@@ -82,7 +82,11 @@ impl<T> PerCore<T> {
 #[derive(Default, Debug)]
 pub struct WorkerStats {
     /// Client connections open on this core.
-    pub active_connections: CoreCounter,
+    pub open_connections: CoreCounter,
+    /// Client connections parked on this core since it started (idle
+    /// keep-alive connections handed to a small task), published by the
+    /// core's once-a-second sweep.
+    pub parked_total: CoreCounter,
     /// Requests this core has answered (forwarded or refused).
     pub requests: CoreCounter,
     /// The pool version this core has applied.
@@ -93,24 +97,25 @@ pub struct WorkerStats {
 #[derive(Default, Debug)]
 pub struct BackendCounters {
     /// Requests in flight to the backend: least-connections' load.
-    pub active: CoreCounter,
+    pub in_flight: CoreCounter,
     pub requests: CoreCounter,
     /// Connect failures and broken exchanges.
     pub failures: CoreCounter,
 }
 
-/// Decrements a core counter when dropped, so that every exit path of a
-/// request or connection (including cancellation) balances its increment.
-pub struct ActiveGuard<'a>(&'a CoreCounter);
+/// Counts a request in flight: increments a core counter, and decrements it
+/// when dropped, so that every exit path of the request (including
+/// cancellation) balances its increment.
+pub struct InFlightGuard<'a>(&'a CoreCounter);
 
-impl<'a> ActiveGuard<'a> {
+impl<'a> InFlightGuard<'a> {
     pub fn new(counter: &'a CoreCounter) -> Self {
         counter.add(1);
-        ActiveGuard(counter)
+        InFlightGuard(counter)
     }
 }
 
-impl Drop for ActiveGuard<'_> {
+impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
         self.0.sub(1);
     }

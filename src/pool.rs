@@ -39,8 +39,8 @@ pub struct Backend {
 
 impl Backend {
     /// Requests in flight, summed over cores.
-    pub fn active(&self) -> u64 {
-        self.counters.sum(|c| &c.active)
+    pub fn in_flight(&self) -> u64 {
+        self.counters.sum(|c| &c.in_flight)
     }
 }
 
@@ -277,15 +277,19 @@ impl ControlPlane {
         state.version
     }
 
+    /// Whether every core routes by `version` (or a later one) now; never
+    /// waits.
+    pub fn is_applied(&self, version: u64) -> bool {
+        self.workers
+            .iter()
+            .all(|w| w.applied_version.get() >= version)
+    }
+
     /// Waits until every core has applied `version`; `false` on timeout.
     pub fn wait_applied(&self, version: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self
-                .workers
-                .iter()
-                .all(|w| w.applied_version.get() >= version)
-            {
+            if self.is_applied(version) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -310,7 +314,7 @@ pub struct LocalBackend {
 impl Candidate for Rc<LocalBackend> {
     #[inline]
     fn load(&self) -> u64 {
-        self.backend.active()
+        self.backend.in_flight()
     }
 
     #[inline]

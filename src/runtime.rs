@@ -3,16 +3,10 @@
 //! those flags, and monoio's epoll driver where io_uring is unavailable
 //! altogether (old kernels, seccomp in containers).
 //!
-//! DEFER_TASKRUN is left out on purpose. Saturated, it cost about the same
-//! CPU per request (16 B, 64 connections, one worker, side by side: 19.8-20.9
-//! µs with it, 20.2-22.2 without, nginx 20.7-25.3, monoio's default ring
-//! 27.4-30.3, epoll 21.7-22.7), but with monoio 0.2.4's timed waits on this
-//! kernel (6.18) the loop intermittently slept through completions until its
-//! next timer: 10k requests/s instead of 40k in one run, and a fixed-rate p50
-//! of 11.6 ms against 1.0 ms in another. Without it no such stall was seen.
-//! Measured again after the per-core ticker replaced the per-request timers
-//! (same set-up, 3 rounds): 17.16 / 17.15 / 17.35 µs with it, 17.75 / 17.49 /
-//! 17.43 without, nginx 19.53 / 17.10 / 17.69: 1-2%, not worth the risk.
+//! DEFER_TASKRUN is left out on purpose: saturated, it saves at most a few
+//! percent of CPU per request, but with monoio 0.2.4's timed waits the loop
+//! can sleep through completions until its next timer, a stall of whole
+//! timer periods under load. The figures are in docs/performance-notes.md.
 
 use std::future::Future;
 use std::io;

@@ -35,31 +35,15 @@ pub enum StartError {
 /// connection holds two descriptors, and distributions' soft default of
 /// 1,024 would cap percore at a few hundred clients.
 pub fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
     // An unlimited hard limit cannot be the soft one: the kernel caps open
     // files at fs.nr_open.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
-        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
         .unwrap_or(1 << 20);
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
-            && (limit.rlim_cur >= limit.rlim_max.min(nr_open) || {
-                limit.rlim_cur = limit.rlim_max.min(nr_open);
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-            })
-    };
-    if raised {
-        tracing::info!(open_files = limit.rlim_cur, "file descriptor limit");
-    } else {
-        tracing::warn!(
-            error = %io::Error::last_os_error(),
-            "cannot raise the file descriptor limit"
-        );
+    match rlimit::increase_nofile_limit(nr_open) {
+        Ok(open_files) => tracing::info!(open_files, "file descriptor limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the file descriptor limit"),
     }
 }
 

@@ -1,10 +1,11 @@
 //! Coarse per-core timers for the data path's short, frequent waits.
 //!
-//! Every request used to race two monoio timers: the idle wait's "park after
-//! 250 ms" and the response head's "watch the client once it is late". Both
-//! nearly always end unfired, yet each one read the clock, was inserted in
-//! and removed from monoio's hierarchical wheel, and moved a 640-byte entry
-//! around. A [`Ticker`] serves such waits from one task per core that ticks
+//! Every request makes waits that nearly always end unfired: the idle
+//! wait's "park after 250 ms" and the response head's "watch the client
+//! once it is late". A monoio timer would read the clock, be inserted in
+//! and removed from monoio's hierarchical wheel, and move a 640-byte entry
+//! around for each of them (docs/performance-notes.md has the measured
+//! cost). A [`Ticker`] serves such waits from one task per core that ticks
 //! every [`TICK`] while any wait is pending: a wait is a slot in a slab and
 //! a push onto one of [`WHEEL`] buckets, and ending it early frees the slot.
 //! It also offers the time of the last tick, for deadlines that need no

@@ -30,7 +30,7 @@ impl UpstreamConn {
     }
 
     /// Whether the backend closed (or wrote to) this idle connection. The
-    /// check costs a syscall (about 0.6 µs), so the caller may spare it on
+    /// check costs a syscall, so the caller may spare it on
     /// a connection reused within a tick for a request that can be resent.
     pub fn is_stale(&self) -> bool {
         crate::sys::closed_or_readable(self.fd)

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::Receiver;
 use monoio::io::Canceller;
 
+use crate::accept::accept_loop;
+use crate::config::ProxySettings;
 use crate::pool::{ControlPlane, LocalPool, PoolSnapshot};
-use crate::proxy::{CoreContext, ProxySettings, serve_client};
+use crate::proxy::{CoreContext, serve_client};
 use crate::runtime::{self, DriverKind};
 
 /// How often an idle core looks for pool updates and the shutdown flag.
@@ -85,24 +87,17 @@ async fn run_core(spec: WorkerSpec) {
         settings.upstream_idle_timeout,
     ));
 
-    let mut last_error_log: Option<Instant> = None;
-    loop {
-        match listener.cancelable_accept(stop_accepting.clone()).await {
-            Ok((stream, peer)) => {
-                monoio::spawn(serve_client(stream, peer, core.clone()));
-            }
-            Err(_) if shutdown.load(Ordering::Acquire) => break,
-            Err(error) => {
-                // Out of file descriptors, mostly: say so (at most once a
-                // second) and back off briefly instead of spinning.
-                if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
-                    tracing::warn!(worker = index, %error, "accept failed");
-                    last_error_log = Some(Instant::now());
-                }
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let name = format!("worker {index}");
+    accept_loop(
+        &listener,
+        stop_accepting,
+        || shutdown.load(Ordering::Acquire),
+        &name,
+        |stream, peer| {
+            monoio::spawn(serve_client(stream, peer, core.clone()));
+        },
+    )
+    .await;
 
     // Shutdown: stop listening, close every client connection and idle
     // upstream connection, and give the driver a few turns so the sockets'
@@ -119,8 +114,9 @@ async fn run_core(spec: WorkerSpec) {
 
 /// Closes parked client connections whose idle timeout has passed and resets
 /// clients that stopped reading (see `close_expired`), once a
-/// second (so an idle timeout is honoured to within a second), and frees
-/// the buffers that went unused for that second.
+/// second (so an idle timeout is honoured to within a second), frees
+/// the buffers that went unused for that second, and publishes the core's
+/// count of parked connections to its `WorkerStats`.
 async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
     let mut parked_before = 0;
     let mut wave_before = false;
@@ -129,6 +125,11 @@ async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
         core.close_expired(Instant::now());
         let freed = core.trim_buffers();
         let parked = core.parked_total();
+        core.plane
+            .workers
+            .core(core.pool.core())
+            .parked_total
+            .set(parked);
         let wave = parked - parked_before >= TRIM_AFTER_PARKED;
         // Once more after a wave, for the connections that parked at its end.
         if wave || wave_before || freed >= TRIM_AFTER_FREED {

@@ -1,4 +1,4 @@
-//! The admin API as an operator sees it (`shared/admin-api.md`): the status
+//! The admin API as an operator sees it (`docs/admin-api.md`): the status
 //! document, adding and removing backends with traffic through the proxy
 //! following at once, strategy switches, every error status, Prometheus
 //! metrics, and a prompt shutdown. Everything on port 0, under both drivers.
@@ -448,11 +448,13 @@ both_drivers! {
             let id = proxy.backend_id(&mock.url());
             let labels = format!(r#"id="{id}",url="{}""#, mock.url());
             assert_eq!(value(&format!("percore_backend_requests_total{{{labels}}}")), Some(mock.requests() as f64), "{text}");
-            assert_eq!(value(&format!("percore_backend_active_requests{{{labels}}}")), Some(0.0));
+            assert_eq!(value(&format!("percore_backend_in_flight_requests{{{labels}}}")), Some(0.0));
             assert_eq!(value(&format!(r#"percore_backend_state{{{labels},state="up"}}"#)), Some(1.0));
         }
         for core in 0..WORKERS {
             assert_eq!(value(&format!(r#"percore_worker_applied_version{{core="{core}"}}"#)), Some(version));
+            assert!(value(&format!(r#"percore_worker_open_connections{{core="{core}"}}"#)).is_some(), "{text}");
+            assert!(value(&format!(r#"percore_worker_parked_connections_total{{core="{core}"}}"#)).is_some(), "{text}");
         }
     }
 

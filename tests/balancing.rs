@@ -26,7 +26,7 @@ fn hold_requests(proxy: &Proxy, count: usize, path: &str) -> Vec<JoinHandle<u16>
 }
 
 /// Requests in flight to the backend at `url`, as the proxy counts them.
-fn active(proxy: &Proxy, url: &str) -> u64 {
+fn in_flight(proxy: &Proxy, url: &str) -> u64 {
     let id = proxy.backend_id(url);
     proxy
         .server
@@ -35,7 +35,7 @@ fn active(proxy: &Proxy, url: &str) -> u64 {
         .backends
         .iter()
         .find(|(b, _)| b.id == id)
-        .map(|(b, _)| b.active())
+        .map(|(b, _)| b.in_flight())
         .unwrap()
 }
 
@@ -59,11 +59,11 @@ fn busy_backend_is_avoided(proxy: &Proxy, held: usize) {
     let slow = hold_requests(proxy, held, "/delay/1500");
     let url0 = proxy.mocks[0].url();
     assert!(
-        wait_until(Duration::from_secs(3), || active(proxy, &url0)
+        wait_until(Duration::from_secs(3), || in_flight(proxy, &url0)
             == held as u64
             && proxy.mock_requests()[0] == before[0] + held as u64),
-        "slow requests not in flight at mock0: active {}, requests {:?}",
-        active(proxy, &url0),
+        "slow requests not in flight at mock0: in flight {}, requests {:?}",
+        in_flight(proxy, &url0),
         proxy.mock_requests()
     );
     for &id in &ids[1..] {

@@ -11,7 +11,8 @@ use common::*;
 use percore::Config;
 use percore::pool::BackendState;
 use std::io::ErrorKind;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Reads a response that must never complete: the connection ends first.
@@ -292,20 +293,26 @@ both_drivers! {
 
     fn unsolicited_bytes_on_an_idle_upstream_connection_never_reach_a_client(driver) {
         // Answers each request with its own path; after /a it also sends a
-        // second, unrequested response, as a broken backend might.
-        let backend = RawBackend::start(|mut conn| {
+        // second, unrequested response, as a broken backend might: a little
+        // later, so that it lands on the connection once the proxy has put it
+        // back in its idle pool.
+        let stray_sent = Arc::new(AtomicBool::new(false));
+        let flag = stray_sent.clone();
+        let backend = RawBackend::start(move |mut conn| {
             while let Some(request) = conn.read_request() {
                 let path = request.path.clone();
                 conn.write(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len()).as_bytes());
                 if path == "/a" {
                     std::thread::sleep(Duration::from_millis(100));
                     conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray");
+                    flag.store(true, Ordering::Release);
                 }
             }
         });
         let server = start_server(test_config(driver, vec![backend.url()]));
         assert_eq!(Client::connect(server.proxy_addr()).get("/a").body_text(), "/a");
-        std::thread::sleep(Duration::from_millis(300));
+        // Over loopback, bytes written are in the proxy's receive queue.
+        assert!(wait_until(Duration::from_secs(5), || stray_sent.load(Ordering::Acquire)), "the backend never sent its stray response");
         for path in ["/b", "/c", "/d"] {
             let response = Client::connect(server.proxy_addr()).get(path);
             assert_eq!((response.status, response.body_text().as_str()), (200, path), "{}", response.head);
@@ -390,7 +397,7 @@ both_drivers! {
         let backend = RawBackend::never_answer();
         let config = Config {
             response_timeout: Duration::from_millis(300),
-            idle_timeout: Duration::from_millis(1200),
+            client_body_timeout: Duration::from_millis(1200),
             ..test_config(driver, vec![backend.url()])
         };
         let server = start_server(config);
@@ -413,7 +420,7 @@ both_drivers! {
         assert_eq!(response.status, 504, "{}", response.head);
     }
 
-    fn a_client_that_stops_reading_is_reset_after_the_idle_timeout(driver) {
+    fn a_client_that_stops_reading_is_reset_after_the_send_timeout(driver) {
         // A backend with a large body that would wait long for buffer space.
         let backend = RawBackend::start(|mut conn| {
             conn.stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -422,11 +429,11 @@ both_drivers! {
                 while conn.write(&block) {}
             }
         });
-        let config = Config { idle_timeout: Duration::from_millis(1000), ..test_config(driver, vec![backend.url()]) };
+        let config = Config { send_timeout: Duration::from_millis(1000), ..test_config(driver, vec![backend.url()]) };
         let server = start_server(config);
         let mut client = Client::connect(server.proxy_addr());
         client.send(&get("/"));
-        // Reading slowly but steadily for three idle timeouts is no stall.
+        // Reading slowly but steadily for three send timeouts is no stall.
         let mut chunk = vec![0u8; 1 << 20];
         let started = Instant::now();
         let mut received = 0usize;

@@ -273,17 +273,21 @@ both_drivers! {
     fn an_idle_keep_alive_connection_is_parked_and_resumes(driver) {
         // An idle connection hands over to a small task after 250 ms; the
         // first bytes of its next request must wake it and reach the backend,
-        // also when they arrive in pieces.
+        // also when they arrive in pieces. The test's is the proxy's only
+        // client connection: it parks once on arrival, then once per idle
+        // wait (the count is published by each core's once-a-second sweep).
         let proxy = Proxy::start(driver, 1);
+        let parked = || proxy.server.control().workers.sum(|w| &w.parked_total);
         let mut client = proxy.client();
         assert_eq!(client.get("/first").status, 200);
-        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(wait_until(Duration::from_secs(5), || parked() == 2), "the idle connection was not parked: {} parks", parked());
         let response = client.get("/after-idle");
         assert_eq!(response.status, 200, "{}", response.head);
         assert!(response.body_text().contains("path=/after-idle "), "{}", response.body_text());
-        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(wait_until(Duration::from_secs(5), || parked() == 3), "not parked again after resuming: {} parks", parked());
         client.send(b"GET /in-pie");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Not a synchronisation: a gap so that the head arrives as two reads.
+        std::thread::sleep(Duration::from_millis(50));
         let response = client.request(b"ces HTTP/1.1\r\nHost: test.local\r\n\r\n");
         assert_eq!(response.status, 200, "{}", response.head);
         assert!(response.body_text().contains("path=/in-pieces "), "{}", response.body_text());

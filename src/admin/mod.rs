@@ -1,6 +1,6 @@
 //! The admin API (control plane), on a thread and monoio runtime of its own so
 //! that no operator request ever runs on a worker core. The contract is
-//! `shared/admin-api.md`.
+//! `docs/admin-api.md`.
 //!
 //! - `connection`: HTTP/1.1 per connection, with monoio-http's h1 codec,
 //!   plus what it lacks: size limits, timeouts, keep-alive rules.
@@ -21,7 +21,7 @@ mod routes;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,7 +31,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
+use monoio::net::TcpStream;
 
+use crate::accept::accept_loop;
 use crate::pool::ControlPlane;
 use crate::runtime::{self, DriverKind};
 
@@ -89,65 +91,62 @@ async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<At
     let stop_accepting = canceller.handle();
     monoio::spawn(watch_shutdown(shutdown, context.clone(), canceller));
 
-    let mut last_error_log: Option<Instant> = None;
-    loop {
-        match listener.cancelable_accept(stop_accepting.clone()).await {
-            Ok((stream, peer)) => {
-                if context.open_connections.get() >= MAX_CONNECTIONS {
-                    tracing::warn!(%peer, limit = MAX_CONNECTIONS, "admin connection refused: too many open");
-                    // A lingering close, bounded: the reply, a FIN, then what
-                    // the client sent is read and dropped, since closing with
-                    // it unread would reset the reply away.
-                    monoio::spawn(async move {
-                        use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-                        let mut stream = stream;
-                        let linger = async {
-                            stream.write_all(TOO_MANY).await.0?;
-                            stream.shutdown().await?;
-                            let mut buf = vec![0u8; 4096];
-                            for _ in 0..16 {
-                                let (result, returned) = stream.read(buf).await;
-                                buf = returned;
-                                if result? == 0 {
-                                    break;
-                                }
-                            }
-                            io::Result::Ok(())
-                        };
-                        let _ = monoio::time::timeout(Duration::from_secs(1), linger).await;
-                    });
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                context
-                    .open_connections
-                    .set(context.open_connections.get() + 1);
-                let context = context.clone();
-                monoio::spawn(async move {
-                    connection::serve(stream, &context).await;
-                    context
-                        .open_connections
-                        .set(context.open_connections.get() - 1);
-                });
-            }
-            Err(_) if context.stopping.is_set() => break,
-            Err(error) => {
-                // Out of file descriptors, mostly: say so at most once a
-                // second and back off instead of spinning.
-                if last_error_log.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
-                    tracing::warn!(%error, "admin accept failed");
-                    last_error_log = Some(Instant::now());
-                }
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    accept_loop(
+        &listener,
+        stop_accepting,
+        || context.stopping.is_set(),
+        "admin",
+        |stream, peer| admit(&context, stream, peer),
+    )
+    .await;
     // Connections saw the stop signal; let them close their sockets before
     // the runtime (and with it any task still pending) goes away.
     let deadline = Instant::now() + CLOSE_GRACE;
     while context.open_connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Serves an accepted admin connection, or refuses it with a 503 when
+/// `MAX_CONNECTIONS` are open.
+fn admit(context: &Rc<AdminContext>, stream: TcpStream, peer: SocketAddr) {
+    if context.open_connections.get() >= MAX_CONNECTIONS {
+        tracing::warn!(%peer, limit = MAX_CONNECTIONS, "admin connection refused: too many open");
+        monoio::spawn(refuse(stream));
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    context
+        .open_connections
+        .set(context.open_connections.get() + 1);
+    let context = context.clone();
+    monoio::spawn(async move {
+        connection::serve(stream, &context).await;
+        context
+            .open_connections
+            .set(context.open_connections.get() - 1);
+    });
+}
+
+/// A lingering close, bounded: the reply, a FIN, then what the client sent
+/// is read and dropped, since closing with it unread would reset the reply
+/// away.
+async fn refuse(mut stream: TcpStream) {
+    use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+    let linger = async {
+        stream.write_all(TOO_MANY).await.0?;
+        stream.shutdown().await?;
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..16 {
+            let (result, returned) = stream.read(buf).await;
+            buf = returned;
+            if result? == 0 {
+                break;
+            }
+        }
+        io::Result::Ok(())
+    };
+    let _ = monoio::time::timeout(Duration::from_secs(1), linger).await;
 }
 
 async fn watch_shutdown(

@@ -11,12 +11,12 @@ use crate::balance::StrategyKind;
 use crate::metrics::WorkerStats;
 use crate::pool::{Backend, BackendId, BackendState, ControlPlane};
 
-/// `GET /status`, field for field as `shared/admin-api.md` shows it.
+/// `GET /status`, field for field as `docs/admin-api.md` shows it.
 #[derive(Debug, Serialize)]
 pub struct StatusDocument {
     pub version: u64,
     pub strategy: StrategyKind,
-    pub strategies: Vec<&'static str>,
+    pub strategies: Vec<String>,
     pub uptime_s: f64,
     pub workers: Vec<WorkerView>,
     pub backends: Vec<BackendView>,
@@ -26,8 +26,12 @@ pub struct StatusDocument {
 pub struct WorkerView {
     pub core: usize,
     pub applied_version: u64,
-    pub active_connections: u64,
+    /// Client connections open on the core (the contract's name).
+    #[serde(rename = "active_connections")]
+    pub open_connections: u64,
     pub requests: u64,
+    /// Client connections parked on the core since it started.
+    pub parked_total: u64,
 }
 
 /// A backend as the API shows it: in `/status`, and as the reply to adding
@@ -38,10 +42,13 @@ pub struct BackendView {
     pub url: String,
     pub weight: u32,
     pub state: BackendState,
-    /// Requests in flight; the sum of `active_per_core` (summed here, so the
-    /// two always agree even while cores are counting).
-    pub active_connections: u64,
-    pub active_per_core: Vec<u64>,
+    /// Requests in flight; the sum of `in_flight_per_core` (summed here, so
+    /// the two always agree even while cores are counting). The contract
+    /// names both fields `active_…`.
+    #[serde(rename = "active_connections")]
+    pub in_flight: u64,
+    #[serde(rename = "active_per_core")]
+    pub in_flight_per_core: Vec<u64>,
     pub requests: u64,
     pub failures: u64,
     /// Health-check fields of the contract: null until there is a health
@@ -56,18 +63,18 @@ pub struct BackendView {
 
 impl BackendView {
     pub fn new(backend: &Backend, state: BackendState) -> BackendView {
-        let active_per_core: Vec<u64> = backend
+        let in_flight_per_core: Vec<u64> = backend
             .counters
             .iter()
-            .map(|core| core.active.get())
+            .map(|core| core.in_flight.get())
             .collect();
         BackendView {
             id: backend.id,
             url: backend.url.clone(),
             weight: backend.weight,
             state,
-            active_connections: active_per_core.iter().sum(),
-            active_per_core,
+            in_flight: in_flight_per_core.iter().sum(),
+            in_flight_per_core,
             requests: backend.counters.sum(|core| &core.requests),
             failures: backend.counters.sum(|core| &core.failures),
             last_check: None,
@@ -82,7 +89,7 @@ pub fn status(plane: &ControlPlane) -> StatusDocument {
     StatusDocument {
         version: snapshot.version,
         strategy: snapshot.strategy,
-        strategies: StrategyKind::ALL.iter().map(|kind| kind.name()).collect(),
+        strategies: StrategyKind::all().iter().map(|kind| kind.name()).collect(),
         uptime_s: uptime_seconds(plane),
         workers: plane
             .workers
@@ -91,8 +98,9 @@ pub fn status(plane: &ControlPlane) -> StatusDocument {
             .map(|(core, stats)| WorkerView {
                 core,
                 applied_version: stats.applied_version.get(),
-                active_connections: stats.active_connections.get(),
+                open_connections: stats.open_connections.get(),
                 requests: stats.requests.get(),
+                parked_total: stats.parked_total.get(),
             })
             .collect(),
         backends: snapshot
@@ -148,17 +156,17 @@ pub fn metrics(plane: &ControlPlane) -> String {
         "gauge",
         "Load-balancing strategy: 1 for the one in use.",
     );
-    for kind in StrategyKind::ALL {
+    for &kind in StrategyKind::all() {
         sample(
             &mut out,
             "percore_strategy",
-            &[("strategy", kind.name())],
+            &[("strategy", &kind.name())],
             u8::from(kind == snapshot.strategy),
         );
     }
 
     type WorkerCounter = fn(&WorkerStats) -> u64;
-    let worker_families: [(&str, &str, &str, WorkerCounter); 3] = [
+    let worker_families: [(&str, &str, &str, WorkerCounter); 4] = [
         (
             "percore_worker_applied_version",
             "gauge",
@@ -166,10 +174,16 @@ pub fn metrics(plane: &ControlPlane) -> String {
             |w| w.applied_version.get(),
         ),
         (
-            "percore_worker_active_connections",
+            "percore_worker_open_connections",
             "gauge",
             "Client connections open on this worker core.",
-            |w| w.active_connections.get(),
+            |w| w.open_connections.get(),
+        ),
+        (
+            "percore_worker_parked_connections_total",
+            "counter",
+            "Client connections parked (waiting for a request in a small task) on this worker core since it started.",
+            |w| w.parked_total.get(),
         ),
         (
             "percore_worker_requests_total",
@@ -205,10 +219,10 @@ pub fn metrics(plane: &ControlPlane) -> String {
             |b| b.failures,
         ),
         (
-            "percore_backend_active_requests",
+            "percore_backend_in_flight_requests",
             "gauge",
             "Requests in flight to this backend, over all cores.",
-            |b| b.active_connections,
+            |b| b.in_flight,
         ),
         (
             "percore_backend_weight",
@@ -293,7 +307,7 @@ mod tests {
         first.counters.core(0).requests.add(3);
         first.counters.core(1).requests.add(4);
         first.counters.core(1).failures.add(1);
-        first.counters.core(1).active.add(2);
+        first.counters.core(1).in_flight.add(2);
         plane.workers.core(1).requests.add(9);
         plane.set_state(first.id, BackendState::Down);
         plane
@@ -311,7 +325,7 @@ mod tests {
         );
         assert_eq!(
             document["workers"][1],
-            serde_json::json!({"core": 1, "applied_version": 0, "active_connections": 0, "requests": 9})
+            serde_json::json!({"core": 1, "applied_version": 0, "active_connections": 0, "requests": 9, "parked_total": 0})
         );
         let first = &document["backends"][0];
         assert_eq!(first["url"], "http://127.0.0.1:9001");

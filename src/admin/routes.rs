@@ -301,7 +301,7 @@ async fn remove_backend(context: &AdminContext, id: BackendId) -> Result<Reply, 
     until_applied(context, version).await?;
     let drained = until_drained(context, &backend).await;
     if !drained {
-        tracing::warn!(id, url = %backend.url, in_flight = backend.active(), "admin: removed backend still had requests in flight after the drain timeout");
+        tracing::warn!(id, url = %backend.url, in_flight = backend.in_flight(), "admin: removed backend still had requests in flight after the drain timeout");
     }
     let mut view = BackendView::new(&backend, BackendState::Draining);
     view.drained = Some(drained);
@@ -332,8 +332,7 @@ async fn set_strategy(context: &AdminContext, body: &[u8]) -> Result<Reply, ApiE
 /// Waits until every core routes by `version`.
 async fn until_applied(context: &AdminContext, version: u64) -> Result<(), ApiError> {
     let deadline = Instant::now() + APPLY_TIMEOUT;
-    // `wait_applied` with no timeout is a single check that never sleeps the thread.
-    while !context.plane.wait_applied(version, Duration::ZERO) {
+    while !context.plane.is_applied(version) {
         if context.stopping.is_set() {
             return Err(ApiError::ShuttingDown);
         }
@@ -360,7 +359,7 @@ async fn until_applied(context: &AdminContext, version: u64) -> Result<(), ApiEr
 /// Waits (bounded) for a removed backend's in-flight requests to finish.
 async fn until_drained(context: &AdminContext, backend: &Backend) -> bool {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while backend.active() > 0 {
+    while backend.in_flight() > 0 {
         if context.stopping.is_set() || Instant::now() >= deadline {
             return false;
         }

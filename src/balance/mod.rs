@@ -30,34 +30,43 @@ pub trait Strategy {
     ) -> Option<usize>;
 }
 
-/// The strategies by name, as the CLI, the config file and the admin API spell them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// The strategies by name, as the CLI, the config file and the admin API
+/// spell them: clap's `ValueEnum` and serde derive the same `snake_case`
+/// names from the variants (a test pins that they agree), so `--help` lists
+/// them and a new strategy needs no name table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum StrategyKind {
+    /// The backends in turn, across all cores.
     #[default]
     RoundRobin,
+    /// The backend with the fewest requests in flight (all cores), per weight.
     LeastConnections,
 }
 
 impl StrategyKind {
-    pub const ALL: [StrategyKind; 2] = [StrategyKind::RoundRobin, StrategyKind::LeastConnections];
+    /// Every strategy, in declaration order.
+    pub fn all() -> &'static [StrategyKind] {
+        <StrategyKind as clap::ValueEnum>::value_variants()
+    }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            StrategyKind::RoundRobin => "round_robin",
-            StrategyKind::LeastConnections => "least_connections",
-        }
+    /// The strategy's name, e.g. `round_robin`.
+    pub fn name(self) -> String {
+        self.to_string()
     }
 
     /// Comma-separated valid names, for error messages.
     pub fn valid_names() -> String {
-        StrategyKind::ALL.map(StrategyKind::name).join(", ")
+        let names: Vec<String> = StrategyKind::all().iter().map(|kind| kind.name()).collect();
+        names.join(", ")
     }
 }
 
 impl std::fmt::Display for StrategyKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(value.get_name())
     }
 }
 
@@ -65,15 +74,12 @@ impl std::str::FromStr for StrategyKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        StrategyKind::ALL
-            .into_iter()
-            .find(|kind| kind.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown strategy {s:?} (valid: {})",
-                    StrategyKind::valid_names()
-                )
-            })
+        <StrategyKind as clap::ValueEnum>::from_str(s, false).map_err(|_| {
+            format!(
+                "unknown strategy {s:?} (valid: {})",
+                StrategyKind::valid_names()
+            )
+        })
     }
 }
 
@@ -148,7 +154,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for kind in StrategyKind::ALL {
+        for &kind in StrategyKind::all() {
             assert_eq!(kind.name().parse::<StrategyKind>(), Ok(kind));
             assert_eq!(
                 serde_json::to_string(&kind).unwrap(),

@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::fields::{ConnectionOptions, list_elements, parse_content_length};
+use super::fields::{ConnectionOptions, FramingFieldError, FramingFields};
 use super::{Version, has_bare_lf};
 
 /// How the request body is delimited (RFC 9112 §6.3).
@@ -144,28 +144,31 @@ pub fn parse<'b, 'h>(
     }
     let (path, target_authority) = split_target(method, target)?;
 
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut final_chunked = false;
-    let mut chunked_count = 0usize;
-    let mut other_coding = false;
+    let mut fields = FramingFields::default();
     let mut host: Option<&'b [u8]> = None;
-    let mut connection = ConnectionOptions::default();
     let mut max_forwards: Option<u64> = None;
     let mut expect_continue = false;
     let is_options = method == "OPTIONS";
 
     for header in headers.iter() {
         let name = header.name;
+        match fields.add(name, header.value) {
+            // An empty element leaves the length undeterminable
+            // (RFC 9112 §6.3 item 4): refused as soon as it is seen.
+            Ok(true) if fields.empty_coding => return Err(RequestError::NotFinallyChunked),
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(FramingFieldError::BadContentLength) => return Err(RequestError::BadContentLength),
+            Err(FramingFieldError::TooManyConnectionOptions) => {
+                return Err(RequestError::TooManyConnectionOptions);
+            }
+        }
         match name.len() {
             4 if name.eq_ignore_ascii_case("host") => {
                 if host.is_some() {
                     return Err(RequestError::DuplicateHost);
                 }
                 host = Some(header.value);
-            }
-            10 if name.eq_ignore_ascii_case("connection") && !connection.add(header.value) => {
-                return Err(RequestError::TooManyConnectionOptions);
             }
             6 if name.eq_ignore_ascii_case("expect") => {
                 expect_continue |= header.value.eq_ignore_ascii_case(b"100-continue");
@@ -184,50 +187,28 @@ pub fn parse<'b, 'h>(
                 });
                 max_forwards = Some(hops);
             }
-            14 if name.eq_ignore_ascii_case("content-length") => {
-                let n = parse_content_length(header.value).ok_or(RequestError::BadContentLength)?;
-                if content_length.is_some_and(|previous| previous != n) {
-                    return Err(RequestError::BadContentLength);
-                }
-                content_length = Some(n);
-            }
-            17 if name.eq_ignore_ascii_case("transfer-encoding") => {
-                transfer_encoding = true;
-                for coding in list_elements(header.value) {
-                    if coding.eq_ignore_ascii_case(b"chunked") {
-                        chunked_count += 1;
-                        final_chunked = true;
-                    } else {
-                        // An empty element or any other coding after chunked
-                        // leaves the length undeterminable (RFC 9112 §6.3 item 4).
-                        if coding.is_empty() {
-                            return Err(RequestError::NotFinallyChunked);
-                        }
-                        other_coding = true;
-                        final_chunked = false;
-                    }
-                }
-            }
             _ => {}
         }
     }
 
-    let framing = if transfer_encoding {
+    let framing = if fields.transfer_encoding {
         if version == Version::Http10 {
             return Err(RequestError::TransferEncodingInHttp10);
         }
-        if content_length.is_some() {
+        if fields.content_length.is_some() {
             return Err(RequestError::LengthAndTransferEncoding);
         }
-        if !final_chunked || chunked_count != 1 {
+        if !fields.final_chunked || fields.chunked_count != 1 {
             return Err(RequestError::NotFinallyChunked);
         }
-        if other_coding {
+        if fields.coding_count > fields.chunked_count {
             return Err(RequestError::UnsupportedTransferCoding);
         }
         BodyFraming::Chunked
     } else {
-        content_length.map_or(BodyFraming::None, BodyFraming::Length)
+        fields
+            .content_length
+            .map_or(BodyFraming::None, BodyFraming::Length)
     };
 
     if version == Version::Http11 && host.is_none() {
@@ -236,10 +217,7 @@ pub fn parse<'b, 'h>(
     if host.is_some_and(|value| !valid_authority(value)) {
         return Err(RequestError::HeaderField);
     }
-    let keep_alive = match version {
-        Version::Http11 => !connection.close,
-        Version::Http10 => connection.keep_alive && !connection.close,
-    };
+    let keep_alive = fields.keep_alive(version);
 
     Ok(Some(RequestHead {
         method,
@@ -250,7 +228,7 @@ pub fn parse<'b, 'h>(
         framing,
         authority: target_authority.or(host),
         keep_alive,
-        connection,
+        connection: fields.connection,
         absolute_form: target_authority.is_some(),
         max_forwards,
         expect_continue,

@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use super::Version;
-use super::fields::{ConnectionOptions, list_elements, parse_content_length};
+use super::fields::{ConnectionOptions, FramingFieldError, FramingFields};
 
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,37 +83,23 @@ pub fn parse<'b, 'h>(
         return Err(ResponseError::Malformed);
     }
 
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut final_chunked = false;
-    let mut chunked_count = 0usize;
-    let mut coding_count = 0usize;
-    let mut connection = ConnectionOptions::default();
+    let mut fields = FramingFields::default();
     for header in headers.iter() {
-        let name = header.name;
-        match name.len() {
-            10 if name.eq_ignore_ascii_case("connection") && !connection.add(header.value) => {
-                return Err(ResponseError::Malformed);
-            }
-            14 if name.eq_ignore_ascii_case("content-length") => {
-                let n =
-                    parse_content_length(header.value).ok_or(ResponseError::BadContentLength)?;
-                if content_length.is_some_and(|previous| previous != n) {
-                    return Err(ResponseError::BadContentLength);
-                }
-                content_length = Some(n);
-            }
-            17 if name.eq_ignore_ascii_case("transfer-encoding") => {
-                transfer_encoding = true;
-                for coding in list_elements(header.value) {
-                    final_chunked = coding.eq_ignore_ascii_case(b"chunked");
-                    chunked_count += usize::from(final_chunked);
-                    coding_count += 1;
-                }
-            }
-            _ => {}
-        }
+        fields
+            .add(header.name, header.value)
+            .map_err(|error| match error {
+                FramingFieldError::BadContentLength => ResponseError::BadContentLength,
+                FramingFieldError::TooManyConnectionOptions => ResponseError::Malformed,
+            })?;
     }
+    let FramingFields {
+        content_length,
+        transfer_encoding,
+        final_chunked,
+        chunked_count,
+        coding_count,
+        ..
+    } = fields;
 
     let bodiless =
         request_is_head || (100..200).contains(&status) || status == 204 || status == 304;
@@ -144,11 +130,7 @@ pub fn parse<'b, 'h>(
             None => ResponseFraming::UntilClose,
         }
     };
-    let keep_alive = framing != ResponseFraming::UntilClose
-        && match version {
-            Version::Http11 => !connection.close,
-            Version::Http10 => connection.keep_alive && !connection.close,
-        };
+    let keep_alive = framing != ResponseFraming::UntilClose && fields.keep_alive(version);
     Ok(Some(ResponseHead {
         status,
         reason,
@@ -157,7 +139,7 @@ pub fn parse<'b, 'h>(
         head_len,
         framing,
         keep_alive,
-        connection,
+        connection: fields.connection,
     }))
 }
 

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::buffer::BufferPool;
+use crate::config::ProxySettings;
 use crate::failure_log::FailureLog;
 use crate::pool::{ControlPlane, LocalPool};
-use crate::proxy::ProxySettings;
 use crate::sys;
 use crate::ticker::Ticker;
 
@@ -119,7 +119,7 @@ impl CoreContext {
     /// of the send buffer draining, so a client reading slowly but steadily
     /// is not reset.
     pub fn close_expired(&self, now: Instant) {
-        let send_timeout = self.settings.idle_timeout;
+        let send_timeout = self.settings.send_timeout;
         for (&fd, open) in self.open_connections.borrow_mut().iter_mut() {
             if open.parked_until.is_some_and(|deadline| deadline <= now) {
                 sys::shutdown(fd);

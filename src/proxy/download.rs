@@ -14,10 +14,10 @@ use super::client::ClientOutput;
 use super::core::HEADROOM;
 use super::plan::{Plan, UploadProgress};
 use crate::buffer::read_spare;
+use crate::config::ProxySettings;
 use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody};
 use crate::http1::{ChunkedDecoder, ResponseFraming, Version, header_slots, response};
-use crate::proxy::ProxySettings;
 use crate::ticker::Ticker;
 
 /// While a slow backend thinks, the client connection is watched for a close

@@ -15,7 +15,7 @@ use super::core::CoreContext;
 use super::download::{Download, DownloadError};
 use super::plan::{Plan, UploadPhase, UploadProgress};
 use super::upload::{Upload, UploadError};
-use crate::metrics::ActiveGuard;
+use crate::metrics::InFlightGuard;
 use crate::pool::{BackendId, LocalBackend, MAX_ATTEMPTS};
 use crate::ticker::TICK;
 use crate::upstream::{self, UpstreamConn};
@@ -101,7 +101,7 @@ impl Exchange<'_> {
             let counters = backend.backend.counters.core(core.core());
             // Active from the pick, so a backend being drained counts the
             // requests still connecting to it.
-            let _active = ActiveGuard::new(&counters.active);
+            let _in_flight = InFlightGuard::new(&counters.in_flight);
             let conn = match self.checkout(&backend, plan).await {
                 Ok(conn) => conn,
                 Err(error) => {
@@ -215,7 +215,7 @@ impl Exchange<'_> {
                     plan,
                     progress: &progress,
                     watch: self.canceller.handle(),
-                    body_timeout: core.settings.idle_timeout,
+                    body_timeout: core.settings.client_body_timeout,
                 }
                 .run()
             );

@@ -44,39 +44,6 @@ use crate::pool::BackendId;
 use crate::sys;
 use crate::ticker::TICK;
 
-/// Data-path settings, the same on every core.
-#[derive(Debug, Clone, Copy)]
-pub struct ProxySettings {
-    /// Opening a backend connection; on expiry the next backend is tried.
-    pub connect_timeout: Duration,
-    /// Waiting for the response head, and between reads of a response body (504).
-    pub response_timeout: Duration,
-    /// From the first byte of a request head to its end (408).
-    pub request_head_timeout: Duration,
-    /// A client keep-alive connection waiting for its next request.
-    pub idle_timeout: Duration,
-    /// An idle pooled upstream connection is closed after this.
-    pub upstream_idle_timeout: Duration,
-    /// Idle upstream connections kept per backend per core.
-    pub max_idle_per_backend: usize,
-    /// Size of each pooled I/O buffer, and so the largest request head.
-    pub buffer_size: usize,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        ProxySettings {
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(60),
-            request_head_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            upstream_idle_timeout: Duration::from_secs(30),
-            max_idle_per_backend: 1024,
-            buffer_size: 16 * 1024,
-        }
-    }
-}
-
 /// A client connection idle this long is parked: its serving task (a few KB)
 /// ends and a small one waits for the next request, so that thousands of
 /// idle keep-alive connections cost little memory. Busy ones never park.
@@ -96,11 +63,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    core.plane
-        .workers
-        .core(core.core())
-        .active_connections
-        .add(1);
+    core.plane.workers.core(core.core()).open_connections.add(1);
     let writes = Rc::new(Cell::new(0));
     core.open(fd, writes.clone());
     let conn = Connection {
@@ -115,7 +78,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
     };
     // A new connection starts parked: until its first bytes arrive it costs
     // a small task, not a serving one.
-    let timeout = conn.core.settings.idle_timeout;
+    let timeout = conn.core.settings.client_idle_timeout;
     park(conn, timeout).await;
 }
 
@@ -129,7 +92,11 @@ async fn serve(mut conn: Connection) {
                 Wait::Data => {}
                 Wait::Closed => return,
                 Wait::Park => {
-                    let timeout = conn.core.settings.idle_timeout.saturating_sub(PARK_AFTER);
+                    let timeout = conn
+                        .core
+                        .settings
+                        .client_idle_timeout
+                        .saturating_sub(PARK_AFTER);
                     monoio::spawn(park(conn, timeout));
                     return;
                 }
@@ -200,7 +167,7 @@ impl Drop for Connection {
             .plane
             .workers
             .core(self.core.core())
-            .active_connections
+            .open_connections
             .sub(1);
         self.core.close(self.fd);
     }
@@ -211,7 +178,7 @@ impl Connection {
     async fn wait_for_request(&mut self) -> Wait {
         let core = self.core.clone();
         self.input.release(&core.buffers);
-        let idle_timeout = core.settings.idle_timeout;
+        let idle_timeout = core.settings.client_idle_timeout;
         if idle_timeout <= PARK_AFTER {
             return match monoio::time::timeout(idle_timeout, self.input.read_idle()).await {
                 Ok(Ok(n)) if n > 0 => {

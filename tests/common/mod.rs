@@ -35,7 +35,8 @@ pub const WORKERS: usize = 2;
 ///
 /// Where io_uring is unavailable, the `uring` case runs with `Auto` (which
 /// falls back to epoll) and says so on stderr; set `PERCORE_REQUIRE_URING=1`
-/// to make it fail instead.
+/// to make it fail instead (`.ci/run` sets it wherever the kernel allows
+/// io_uring).
 macro_rules! both_drivers {
     ($( $(#[$meta:meta])* fn $name:ident($driver:ident) $body:block )*) => {
         $(
