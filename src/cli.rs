@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// A client that accepts no response bytes this long is reset [default: 60s].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub send_timeout: Option<Duration>,
+    /// A WebSocket tunnel silent both ways this long is closed [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Idle pooled upstream connection timeout [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<Duration>,
@@ -107,6 +110,7 @@ impl ServeArgs {
             (self.client_idle_timeout, &mut config.client_idle_timeout),
             (self.client_body_timeout, &mut config.client_body_timeout),
             (self.send_timeout, &mut config.send_timeout),
+            (self.tunnel_idle_timeout, &mut config.tunnel_idle_timeout),
             (
                 self.upstream_idle_timeout,
                 &mut config.upstream_idle_timeout,

@@ -30,6 +30,8 @@ pub struct ProxySettings {
     /// A client that accepts no response bytes for this long is reset
     /// (as nginx's `send_timeout`).
     pub send_timeout: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// An idle pooled upstream connection is closed after this.
     pub upstream_idle_timeout: Duration,
     /// Idle upstream connections kept per backend per core.
@@ -47,6 +49,7 @@ impl Default for ProxySettings {
             client_idle_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
             upstream_idle_timeout: Duration::from_secs(30),
             max_idle_per_backend: 1024,
             buffer_size: 16 * 1024,
@@ -96,6 +99,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
     #[serde(with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub upstream_idle_timeout: Duration,
     pub max_idle_per_backend: usize,
     /// Where the seed topology's mock backends listen when no backend is configured.
@@ -118,6 +123,7 @@ impl Default for Config {
             client_idle_timeout: proxy.client_idle_timeout,
             client_body_timeout: proxy.client_body_timeout,
             send_timeout: proxy.send_timeout,
+            tunnel_idle_timeout: proxy.tunnel_idle_timeout,
             upstream_idle_timeout: proxy.upstream_idle_timeout,
             max_idle_per_backend: proxy.max_idle_per_backend,
             mock_backends: ["127.0.0.1:8082", "127.0.0.1:8083", "127.0.0.1:8084"]
@@ -184,6 +190,7 @@ impl Config {
             ("client_idle_timeout", self.client_idle_timeout),
             ("client_body_timeout", self.client_body_timeout),
             ("send_timeout", self.send_timeout),
+            ("tunnel_idle_timeout", self.tunnel_idle_timeout),
             ("upstream_idle_timeout", self.upstream_idle_timeout),
         ] {
             if value.is_zero() {
@@ -204,6 +211,7 @@ impl Config {
             client_idle_timeout: self.client_idle_timeout,
             client_body_timeout: self.client_body_timeout,
             send_timeout: self.send_timeout,
+            tunnel_idle_timeout: self.tunnel_idle_timeout,
             upstream_idle_timeout: self.upstream_idle_timeout,
             max_idle_per_backend: self.max_idle_per_backend,
             ..ProxySettings::default()

@@ -235,6 +235,8 @@ struct Request {
     framing: BodyFraming,
     keep_alive: bool,
     expect_continue: bool,
+    /// A WebSocket handshake's Sec-WebSocket-Key, when the request is one.
+    websocket_key: Option<String>,
 }
 
 struct Conn {
@@ -289,6 +291,13 @@ async fn serve(stream: TcpStream, shared: Rc<Shared>) {
                             h.name.eq_ignore_ascii_case("expect")
                                 && h.value.eq_ignore_ascii_case(b"100-continue")
                         }),
+                        websocket_key: head
+                            .headers
+                            .iter()
+                            .find(|h| {
+                                head.websocket && h.name.eq_ignore_ascii_case("sec-websocket-key")
+                            })
+                            .map(|h| String::from_utf8_lossy(h.value).into_owned()),
                     };
                     let head_len = head.head_len;
                     conn.buf.drain(..head_len);
@@ -336,6 +345,24 @@ async fn answer(conn: &mut Conn, request: &Request, shared: &Shared) -> io::Resu
     if !delay.is_zero() && !delay_watching(conn, delay).await {
         shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
         return Ok(false);
+    }
+    if route == "ws" {
+        return match &request.websocket_key {
+            Some(key) => echo_websocket(conn, key).await.map(|()| false),
+            None => {
+                let message = b"GET /ws needs a WebSocket handshake\n";
+                write_head(
+                    conn,
+                    426,
+                    Some(message.len() as u64),
+                    request,
+                    shared,
+                    b"Upgrade: websocket\r\nConnection: upgrade\r\n",
+                );
+                conn.out.extend_from_slice(message);
+                conn.flush().await.map(|()| true)
+            }
+        };
     }
     let status = match (route, argument) {
         ("status", Some(code)) if (200..=599).contains(&code) => code as u16,
@@ -409,6 +436,29 @@ async fn answer(conn: &mut Conn, request: &Request, shared: &Shared) -> io::Resu
         }
     }
     Ok(true)
+}
+
+/// Answers a WebSocket handshake with a 101 (RFC 6455 §4.2.2), then sends
+/// back every byte it receives, unparsed, until the peer closes.
+async fn echo_websocket(conn: &mut Conn, key: &str) -> io::Result<()> {
+    use base64::Engine;
+    let mut digest = sha1_smol::Sha1::new();
+    digest.update(key.trim().as_bytes());
+    digest.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(digest.digest().bytes());
+    conn.out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    conn.out.extend_from_slice(accept.as_bytes());
+    conn.out.extend_from_slice(b"\r\n\r\n");
+    conn.flush().await?;
+    loop {
+        if !conn.buf.is_empty() {
+            conn.out.append(&mut conn.buf);
+            conn.flush().await?;
+        }
+        if conn.read_more().await? == 0 {
+            return Ok(());
+        }
+    }
 }
 
 fn split_route(path: &str) -> (&str, Option<u64>) {

@@ -65,4 +65,22 @@ both_drivers! {
             assert!(closed_after >= earliest, "closed {closed_after:?} after the request, before the {idle_timeout:?} idle timeout");
         }
     }
+
+    fn a_connection_that_never_sends_a_byte_is_held_by_the_head_deadline(driver) {
+        // Not by the keep-alive idle timeout: silent connections are cheap
+        // to open and must not pin descriptors for a minute.
+        let proxy = Proxy::start_with(driver, 1, |config| {
+            config.request_head_timeout = Duration::from_millis(300);
+            config.client_idle_timeout = Duration::from_secs(60);
+        });
+        let opened = Instant::now();
+        let mut client = proxy.client();
+        let closed = !client.is_open_after(Duration::from_secs(5));
+        let closed_after = opened.elapsed();
+        assert!(closed, "a silent connection was still open {closed_after:?} after it opened");
+        assert!(closed_after >= Duration::from_millis(290), "closed after {closed_after:?}, before the head deadline");
+        // A connection that sends its request in time is served as usual.
+        let mut client = proxy.client();
+        assert_eq!(client.get("/").status, 200);
+    }
 }

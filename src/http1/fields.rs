@@ -63,6 +63,9 @@ pub struct ConnectionOptions<'b> {
     len: usize,
     pub close: bool,
     pub keep_alive: bool,
+    /// `upgrade` was listed: the sender offers (a request) or accepts (a
+    /// 101 response) the protocol named in its Upgrade field.
+    pub upgrade: bool,
 }
 
 impl<'b> ConnectionOptions<'b> {
@@ -78,6 +81,9 @@ impl<'b> ConnectionOptions<'b> {
                 self.close = true;
             } else if option.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else if option.eq_ignore_ascii_case(b"upgrade") {
+                // Upgrade is hop-by-hop anyway: no need to list it.
+                self.upgrade = true;
             } else if self.len == Self::MAX {
                 return false;
             } else {

@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::fields::{ConnectionOptions, FramingFieldError, FramingFields};
+use super::fields::{ConnectionOptions, FramingFieldError, FramingFields, list_elements};
 use super::{Version, has_bare_lf};
 
 /// How the request body is delimited (RFC 9112 §6.3).
@@ -95,6 +95,11 @@ pub struct RequestHead<'b, 'h> {
     /// `Expect: 100-continue`: the client may wait for an interim answer
     /// before it sends the body.
     pub expect_continue: bool,
+    /// A WebSocket handshake (RFC 6455 §4.1): an HTTP/1.1 GET without a
+    /// body, `Connection: upgrade` and one Upgrade field naming `websocket`.
+    /// Only then is the upgrade offered to the backend; other upgrades
+    /// (h2c among them) are dropped as the hop-by-hop fields they are.
+    pub websocket: bool,
 }
 
 impl RequestHead<'_, '_> {
@@ -149,6 +154,9 @@ pub fn parse<'b, 'h>(
     let mut max_forwards: Option<u64> = None;
     let mut expect_continue = false;
     let is_options = method == "OPTIONS";
+    // Upgrade fields seen, and whether the last one names websocket.
+    let mut upgrades = 0usize;
+    let mut upgrade_websocket = false;
 
     for header in headers.iter() {
         let name = header.name;
@@ -172,6 +180,11 @@ pub fn parse<'b, 'h>(
             }
             6 if name.eq_ignore_ascii_case("expect") => {
                 expect_continue |= header.value.eq_ignore_ascii_case(b"100-continue");
+            }
+            7 if name.eq_ignore_ascii_case("upgrade") => {
+                upgrades += 1;
+                upgrade_websocket = list_elements(header.value)
+                    .any(|protocol| protocol.eq_ignore_ascii_case(b"websocket"));
             }
             12 if is_options && name.eq_ignore_ascii_case("max-forwards") => {
                 // 1*DIGIT; several fields would leave the hop count in doubt.
@@ -218,6 +231,12 @@ pub fn parse<'b, 'h>(
         return Err(RequestError::HeaderField);
     }
     let keep_alive = fields.keep_alive(version);
+    let websocket = upgrades == 1
+        && upgrade_websocket
+        && fields.connection.upgrade
+        && version == Version::Http11
+        && method == "GET"
+        && framing == BodyFraming::None;
 
     Ok(Some(RequestHead {
         method,
@@ -232,6 +251,7 @@ pub fn parse<'b, 'h>(
         absolute_form: target_authority.is_some(),
         max_forwards,
         expect_continue,
+        websocket,
     }))
 }
 

@@ -31,7 +31,7 @@ pub enum ResponseError {
     BadContentLength,
     #[error("backend sent an unsupported transfer coding")]
     UnsupportedTransferCoding,
-    #[error("backend switched protocols, which percore does not relay")]
+    #[error("backend switched protocols to one percore did not offer")]
     SwitchingProtocols,
 }
 
@@ -48,9 +48,23 @@ pub struct ResponseHead<'b, 'h> {
 }
 
 impl ResponseHead<'_, '_> {
-    /// 1xx responses precede the final one (RFC 9110 §15.2).
+    /// 1xx responses precede the final one (RFC 9110 §15.2); a 101 ends
+    /// HTTP on the connection instead, and only where an upgrade was
+    /// offered (the caller's check).
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status)
+    }
+
+    /// A 101 that switches to WebSocket: `Connection: upgrade` and an
+    /// Upgrade field naming `websocket` (RFC 6455 §4.1), the protocol
+    /// percore offers.
+    pub fn switches_to_websocket(&self) -> bool {
+        self.status == 101
+            && self.connection.upgrade
+            && self.headers.iter().any(|header| {
+                header.name.eq_ignore_ascii_case("upgrade")
+                    && header.value.eq_ignore_ascii_case(b"websocket")
+            })
     }
 }
 
@@ -75,9 +89,6 @@ pub fn parse<'b, 'h>(
     let version = Version::from_minor(response.version.ok_or(ResponseError::Malformed)?);
     let reason = response.reason.unwrap_or("");
     let headers: &'h [httparse::Header<'b>] = response.headers;
-    if status == 101 {
-        return Err(ResponseError::SwitchingProtocols);
-    }
     // Valid status codes are 100 to 599 (RFC 9110 §15).
     if !(100..600).contains(&status) {
         return Err(ResponseError::Malformed);
@@ -230,7 +241,24 @@ mod tests {
         );
         assert_eq!(
             framing(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
-            Err(ResponseError::SwitchingProtocols)
+            Ok(ResponseFraming::None)
+        );
+        let mut headers = header_slots();
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n";
+        assert!(
+            parse(switch, &mut headers, false)
+                .unwrap()
+                .unwrap()
+                .switches_to_websocket()
+        );
+        let mut headers = header_slots();
+        let h2c =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
+        assert!(
+            !parse(h2c, &mut headers, false)
+                .unwrap()
+                .unwrap()
+                .switches_to_websocket()
         );
         assert_eq!(
             framing(b"HTTP/1.1 2000 OK\r\n\r\n", false),

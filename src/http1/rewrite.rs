@@ -10,6 +10,9 @@ use super::fields::is_hop_by_hop;
 use super::request::{BodyFraming, RequestHead};
 use super::response::ResponseHead;
 
+/// The hop-by-hop fields of a WebSocket handshake, restated on each hop.
+const UPGRADE_WEBSOCKET: &[u8] = b"Connection: upgrade\r\nUpgrade: websocket\r\n";
+
 /// What percore adds to a forwarded request.
 pub struct ForwardFields<'a> {
     /// The client's address, already formatted.
@@ -127,6 +130,9 @@ pub fn write_request_head(
         }
         BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
+    if head.websocket {
+        out.extend_from_slice(UPGRADE_WEBSOCKET);
+    }
 
     // X-Forwarded-For: the received list, then this client (one line, so
     // backends that read only the first or last line agree).
@@ -197,6 +203,9 @@ pub fn write_response_head(
             out.extend_from_slice(b"\r\n");
         }
         ClientBody::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    if head.switches_to_websocket() {
+        out.extend_from_slice(UPGRADE_WEBSOCKET);
     }
     if !head.is_interim() {
         if !has_request_id {

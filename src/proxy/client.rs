@@ -7,7 +7,9 @@ use std::io;
 use std::rc::Rc;
 
 use monoio::buf::IoBuf;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+};
 use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 use crate::buffer::{BufferPool, read_spare, read_spare_cancelable};
@@ -137,6 +139,11 @@ impl ClientOutput {
         self.writes.set(self.writes.get() + 1);
         let _pending = Pending(&self.writes);
         self.wr.write_all(buf).await
+    }
+
+    /// Half-closes the connection (FIN): percore sends nothing more.
+    pub(super) async fn shutdown(&mut self) -> io::Result<()> {
+        self.wr.shutdown().await
     }
 
     /// Writes `buf[range]`, keeping the buffer.

@@ -85,6 +85,9 @@ pub(super) struct Relayed {
     /// The backend honoured its framing and may take the next request.
     pub(super) upstream_reusable: bool,
     pub(super) keep_client: bool,
+    /// The backend answered the WebSocket offer with a 101, which went to
+    /// the client: both connections now carry the new protocol.
+    pub(super) switched: bool,
 }
 
 /// What the download half borrows for one exchange.
@@ -116,6 +119,8 @@ struct FinalHead {
     client_body: ClientBody,
     upstream_keep_alive: bool,
     keep_client: bool,
+    /// A 101 to the WebSocket offer: no body, a tunnel follows.
+    switch: bool,
 }
 
 /// A parsed head: interim or final.
@@ -128,6 +133,14 @@ impl Download<'_> {
     /// Reads the response from the backend and relays it to the client.
     pub(super) async fn run(mut self) -> Result<Relayed, DownloadError> {
         let head = self.read_final_head().await?;
+        if head.switch {
+            self.relay_switch(&head).await?;
+            return Ok(Relayed {
+                upstream_reusable: false,
+                keep_client: false,
+                switched: true,
+            });
+        }
         let clean = match head.framing {
             ResponseFraming::None => self.relay_bodiless(&head).await?,
             ResponseFraming::Length(length) => self.relay_length(&head, length).await?,
@@ -137,6 +150,7 @@ impl Download<'_> {
         Ok(Relayed {
             upstream_reusable: head.upstream_keep_alive && clean,
             keep_client: head.keep_client,
+            switched: false,
         })
     }
 
@@ -202,7 +216,14 @@ impl Download<'_> {
             }
             ResponseFraming::Chunked | ResponseFraming::UntilClose => ClientBody::UntilClose,
         };
+        // A 101 ends HTTP on both connections: only to an upgrade percore
+        // offered, and never relayed as an interim response.
+        let switch = head.status == 101;
+        if switch && !(plan.websocket && head.switches_to_websocket()) {
+            return Err(response::ResponseError::SwitchingProtocols.into());
+        }
         let keep_client = plan.keep_alive
+            && !switch
             && client_body != ClientBody::UntilClose
             && self.progress.request_read();
         self.out.clear();
@@ -215,13 +236,14 @@ impl Download<'_> {
             !keep_client,
         );
         Ok(Some(ParsedHead {
-            interim: head.is_interim(),
+            interim: head.is_interim() && !switch,
             head: FinalHead {
                 framing: head.framing,
                 body_start: HEADROOM + head.head_len,
                 client_body,
                 upstream_keep_alive: head.keep_alive,
                 keep_client,
+                switch,
             },
         }))
     }
@@ -255,6 +277,16 @@ impl Download<'_> {
                 Err(_) => return Err(DownloadError::Timeout),
             }
         }
+    }
+
+    /// The 101, with any bytes of the new protocol the backend sent after
+    /// it, in one write.
+    async fn relay_switch(&mut self, head: &FinalHead) -> Result<(), DownloadError> {
+        self.out
+            .extend_from_slice(&self.response[head.body_start..]);
+        self.started.set(true);
+        let len = self.out.len();
+        send(self.client, self.out, 0..len).await
     }
 
     /// No body (HEAD, 1xx, 204, 304): the head alone. Bytes after it mean

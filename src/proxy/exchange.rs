@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,12 @@ pub(super) enum Outcome {
     },
     /// The client is gone, or the response was cut after it started.
     Abort,
+    /// The backend switched to WebSocket (its 101 went to the client): the
+    /// connection to it now carries the tunnel.
+    Switched {
+        upstream: UpstreamConn,
+        backend: Rc<LocalBackend>,
+    },
 }
 
 /// How one attempt on one upstream connection ended.
@@ -44,6 +51,8 @@ enum Forwarded {
         keep_client: bool,
         reusable: Option<UpstreamConn>,
     },
+    /// A 101 to a WebSocket offer went to the client.
+    Switched(UpstreamConn),
     /// A reused connection closed before any response byte; safe to resend.
     Stale,
     /// A fresh connection closed or reset before any response byte (a
@@ -126,6 +135,12 @@ impl Exchange<'_> {
                         backend.idle.put(conn, core.ticker.now(), max_idle);
                     }
                     return Outcome::Relayed { keep_client };
+                }
+                Forwarded::Switched(upstream) => {
+                    return Outcome::Switched {
+                        upstream,
+                        backend: backend.clone(),
+                    };
                 }
                 Forwarded::Stale if stale_retries < 2 && self.up_head.len() >= plan.head_len => {
                     // The backend closed a pooled connection before answering a
@@ -263,6 +278,7 @@ impl Exchange<'_> {
         core.buffers.give(out);
 
         match download_result {
+            Ok(relayed) if relayed.switched => Forwarded::Switched(conn),
             Ok(relayed) => {
                 let reusable = (relayed.upstream_reusable && upload_sent).then_some(conn);
                 Forwarded::Done {

@@ -22,6 +22,7 @@ mod core;
 mod download;
 mod exchange;
 mod plan;
+mod tunnel;
 mod upload;
 
 use std::cell::Cell;
@@ -37,6 +38,7 @@ pub use self::core::CoreContext;
 use client::{ClientInput, ClientOutput};
 use exchange::{Exchange, Outcome};
 use plan::{BackendHost, Plan};
+use tunnel::Tunnel;
 
 use crate::http1::rewrite::{self, ForwardFields};
 use crate::http1::{BodyFraming, header_slots, request};
@@ -77,8 +79,9 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
         core,
     };
     // A new connection starts parked: until its first bytes arrive it costs
-    // a small task, not a serving one.
-    let timeout = conn.core.settings.client_idle_timeout;
+    // a small task, not a serving one. It owes a request head from the
+    // start, so the head deadline holds it, not the longer keep-alive one.
+    let timeout = conn.core.settings.request_head_timeout;
     park(conn, timeout).await;
 }
 
@@ -237,6 +240,20 @@ impl Connection {
                 sys::reset_connection(self.fd);
                 false
             }
+            Outcome::Switched { upstream, backend } => {
+                let tunnel = Tunnel {
+                    input: &mut self.input,
+                    output: &mut self.output,
+                    upstream,
+                    backend: &backend,
+                    core_index: self.core.core(),
+                    buffers: &self.core.buffers,
+                    idle_timeout: self.core.settings.tunnel_idle_timeout,
+                };
+                let end = tunnel.run().await;
+                tracing::debug!(?end, "WebSocket tunnel ended");
+                false
+            }
         }
     }
 
@@ -349,6 +366,7 @@ impl Connection {
             keep_alive: head.keep_alive,
             is_head: head.is_head(),
             expect_continue: head.expect_continue,
+            websocket: head.websocket,
             retryable: head.is_idempotent() && bodiless,
             first_pick,
             head_len: self.up_head.len(),

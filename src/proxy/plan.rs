@@ -19,6 +19,9 @@ pub(super) struct Plan {
     pub(super) keep_alive: bool,
     pub(super) is_head: bool,
     pub(super) expect_continue: bool,
+    /// A WebSocket upgrade was offered to the backend: a 101 switches the
+    /// connection to a tunnel.
+    pub(super) websocket: bool,
     /// Safe to send again after a reused connection failed: idempotent and bodiless.
     pub(super) retryable: bool,
     pub(super) first_pick: Option<Rc<LocalBackend>>,
@@ -232,6 +235,7 @@ mod tests {
             keep_alive: false,
             is_head: false,
             expect_continue: false,
+            websocket: false,
             retryable: true,
             first_pick: None,
             head_len: 0,
