@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Backend URL, http://host:port (repeatable). None: start three mock backends.
     #[arg(long = "backend", value_name = "URL")]
     pub backends: Vec<String>,
+    /// Share the listen address with a percore already serving it, which a
+    /// SIGTERM then drains: a zero-downtime handover (see the README).
+    #[arg(long)]
+    pub handover: bool,
     /// Load-balancing strategy [default: round_robin].
     #[arg(long, value_enum)]
     pub strategy: Option<StrategyKind>,
@@ -70,6 +74,12 @@ pub struct ServeArgs {
     /// A client that accepts no response bytes this long is reset [default: 60s].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub send_timeout: Option<Duration>,
+    /// Client connections one worker holds at most; more are reset at once [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// How long SIGTERM/SIGINT let requests in flight finish [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: Option<Duration>,
     /// A WebSocket tunnel silent both ways this long is closed [default: 1h].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub tunnel_idle_timeout: Option<Duration>,
@@ -91,6 +101,7 @@ impl ServeArgs {
         if let Some(admin) = self.admin {
             config.admin = admin;
         }
+        config.handover |= self.handover;
         if !self.backends.is_empty() {
             config.backends = self.backends.clone();
         }
@@ -103,6 +114,9 @@ impl ServeArgs {
         if let Some(driver) = self.driver {
             config.driver = driver;
         }
+        if let Some(max_connections) = self.max_connections {
+            config.max_connections = max_connections;
+        }
         let timeouts = [
             (self.connect_timeout, &mut config.connect_timeout),
             (self.response_timeout, &mut config.response_timeout),
@@ -111,6 +125,7 @@ impl ServeArgs {
             (self.client_body_timeout, &mut config.client_body_timeout),
             (self.send_timeout, &mut config.send_timeout),
             (self.tunnel_idle_timeout, &mut config.tunnel_idle_timeout),
+            (self.shutdown_grace, &mut config.shutdown_grace),
             (
                 self.upstream_idle_timeout,
                 &mut config.upstream_idle_timeout,

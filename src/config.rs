@@ -38,6 +38,11 @@ pub struct ProxySettings {
     pub max_idle_per_backend: usize,
     /// Size of each pooled I/O buffer, and so the largest request head.
     pub buffer_size: usize,
+    /// Client connections one worker holds at most; past it new ones are
+    /// reset at once while the open ones are served.
+    pub max_connections: usize,
+    /// How long a graceful shutdown lets requests in flight finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ProxySettings {
@@ -53,6 +58,8 @@ impl Default for ProxySettings {
             upstream_idle_timeout: Duration::from_secs(30),
             max_idle_per_backend: 1024,
             buffer_size: 16 * 1024,
+            max_connections: 65_536,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -103,8 +110,16 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub upstream_idle_timeout: Duration,
     pub max_idle_per_backend: usize,
+    /// Client connections per worker; past it new ones are reset at once.
+    pub max_connections: usize,
+    /// How long SIGTERM/SIGINT let requests in flight finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Where the seed topology's mock backends listen when no backend is configured.
     pub mock_backends: Vec<SocketAddr>,
+    /// Share the proxy's listen address with a percore already serving it
+    /// (a zero-downtime handover); otherwise an address in use is an error.
+    pub handover: bool,
 }
 
 impl Default for Config {
@@ -126,9 +141,12 @@ impl Default for Config {
             tunnel_idle_timeout: proxy.tunnel_idle_timeout,
             upstream_idle_timeout: proxy.upstream_idle_timeout,
             max_idle_per_backend: proxy.max_idle_per_backend,
+            max_connections: proxy.max_connections,
+            shutdown_grace: proxy.shutdown_grace,
             mock_backends: ["127.0.0.1:8082", "127.0.0.1:8083", "127.0.0.1:8084"]
                 .map(|a| a.parse().expect("literal address"))
                 .to_vec(),
+            handover: false,
         }
     }
 }
@@ -149,6 +167,8 @@ pub enum ConfigError {
     BackendUrl(#[from] BackendUrlError),
     #[error("duplicate backend {0}")]
     DuplicateBackend(String),
+    #[error("max_connections must be at least 1")]
+    ZeroMaxConnections,
     #[error("workers must be at least 1")]
     ZeroWorkers,
     #[error("{0} must be greater than zero")]
@@ -175,6 +195,9 @@ impl Config {
         if self.workers == Some(0) {
             return Err(ConfigError::ZeroWorkers);
         }
+        if self.max_connections == 0 {
+            return Err(ConfigError::ZeroMaxConnections);
+        }
         let mut seen = Vec::new();
         for url in &self.backends {
             let (canonical, _, _) = parse_backend_url(url)?;
@@ -192,6 +215,7 @@ impl Config {
             ("send_timeout", self.send_timeout),
             ("tunnel_idle_timeout", self.tunnel_idle_timeout),
             ("upstream_idle_timeout", self.upstream_idle_timeout),
+            ("shutdown_grace", self.shutdown_grace),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));
@@ -214,6 +238,8 @@ impl Config {
             tunnel_idle_timeout: self.tunnel_idle_timeout,
             upstream_idle_timeout: self.upstream_idle_timeout,
             max_idle_per_backend: self.max_idle_per_backend,
+            max_connections: self.max_connections,
+            shutdown_grace: self.shutdown_grace,
             ..ProxySettings::default()
         }
     }

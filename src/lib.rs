@@ -30,6 +30,7 @@
 //! - [`memory`]: the allocator (jemalloc) and handing freed pages back.
 //! - [`admin`]: the admin API on the control plane.
 //! - [`mock_backend`]: the mock backends used by the demo, tests and benches.
+//! - [`signals`]: SIGTERM/SIGINT drain gracefully, SIGHUP reloads.
 
 pub mod accept;
 pub mod admin;
@@ -46,6 +47,7 @@ pub mod pool;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod signals;
 pub mod sys;
 pub mod ticker;
 pub mod upstream;
@@ -54,9 +56,18 @@ pub mod worker;
 pub use config::Config;
 pub use server::{Server, StartError};
 
-/// Starts the topology and serves until the process is stopped.
+/// Starts the topology and serves until a signal drains it.
 pub fn run(config: Config) -> Result<(), StartError> {
     server::raise_fd_limit();
-    Server::start(config)?.wait();
+    let caught = signals::catch().map_err(StartError::Thread)?;
+    let grace = config.shutdown_grace;
+    let server = Server::start(config)?;
+    let reload =
+        || tracing::warn!("reloading the configuration is not supported yet; nothing changed");
+    caught
+        .handle(server.drain_handle(), grace, reload)
+        .map_err(StartError::Thread)?;
+    server.wait();
+    tracing::info!("percore stopped");
     Ok(())
 }

@@ -91,6 +91,8 @@ pub struct WorkerStats {
     pub requests: CoreCounter,
     /// The pool version this core has applied.
     pub applied_version: CoreCounter,
+    /// Connections reset on arrival because the core held `max_connections`.
+    pub refused_connections: CoreCounter,
 }
 
 /// Per-backend, per-core counters.

@@ -52,9 +52,26 @@ pub struct Server {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
     driver: DriverKind,
+    /// Close everything now (tests, a second signal's exit aside).
     shutdown: Arc<AtomicBool>,
+    /// Drain gracefully (SIGTERM, SIGINT).
+    drain: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    /// The control plane's threads (admin API), stopped once the workers end.
     threads: Vec<JoinHandle<()>>,
     mocks: Vec<MockBackend>,
+}
+
+/// Starts a graceful drain of a running server from any thread: what a
+/// signal handler holds.
+#[derive(Clone)]
+pub struct DrainHandle(Arc<AtomicBool>);
+
+impl DrainHandle {
+    /// Starts the drain; `false` if one was already under way.
+    pub fn drain(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
+    }
 }
 
 impl Server {
@@ -68,9 +85,11 @@ impl Server {
         let workers = config.workers.unwrap_or(cores.len().max(1));
 
         let listeners =
-            worker::bind_listeners(config.listen, workers).map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
+            worker::bind_listeners(config.listen, workers, config.handover).map_err(|source| {
+                StartError::Bind {
+                    addr: config.listen,
+                    source,
+                }
             })?;
         let proxy_addr = listeners[0]
             .local_addr()
@@ -112,8 +131,9 @@ impl Server {
         }
 
         let shutdown = Arc::new(AtomicBool::new(false));
+        let drain = Arc::new(AtomicBool::new(false));
         let settings = config.proxy_settings();
-        let mut threads = Vec::new();
+        let mut workers = Vec::new();
         for (index, (listener, updates)) in listeners.into_iter().zip(receivers).enumerate() {
             let core_id = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let spec = WorkerSpec {
@@ -125,18 +145,19 @@ impl Server {
                 settings,
                 driver,
                 shutdown: shutdown.clone(),
+                drain: drain.clone(),
             };
-            threads.push(worker::spawn(spec).map_err(StartError::Thread)?);
+            workers.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
-        threads.push(
+        let threads = vec![
             crate::admin::start(admin_listener, plane.clone(), driver, shutdown.clone())
                 .map_err(StartError::Thread)?,
-        );
+        ];
 
         tracing::info!(
             listen = %proxy_addr,
             admin = %admin_addr,
-            workers,
+            workers = workers.len(),
             driver = driver.name(),
             strategy = %config.strategy,
             "percore is serving"
@@ -147,6 +168,8 @@ impl Server {
             admin_addr,
             driver,
             shutdown,
+            drain,
+            workers,
             threads,
             mocks,
         })
@@ -174,11 +197,18 @@ impl Server {
         &self.mocks
     }
 
-    /// Blocks while the server runs.
+    /// Blocks while the server runs: until every worker has finished (a
+    /// drain), then stops the rest.
     pub fn wait(mut self) {
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
         }
+        self.stop();
+    }
+
+    /// What starts a graceful drain from another thread.
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle(self.drain.clone())
     }
 
     /// Stops accepting, closes every connection and joins the threads.
@@ -188,7 +218,7 @@ impl Server {
 
     fn stop(&mut self) {
         self.shutdown.store(true, Ordering::Release);
-        for thread in self.threads.drain(..) {
+        for thread in self.workers.drain(..).chain(self.threads.drain(..)) {
             let _ = thread.join();
         }
     }

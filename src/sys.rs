@@ -30,6 +30,13 @@ pub fn shutdown(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
+/// Shuts a socket's read side: a pending or later read returns EOF once
+/// the bytes already received are read, while writes still go out.
+pub fn shutdown_read(fd: RawFd) {
+    // SAFETY: the caller owns the open socket `fd`; shutdown(2) does not close it.
+    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+}
+
 /// Bytes in a socket's send queue not yet acknowledged (TIOCOUTQ); 0 if unknown.
 pub fn unsent_bytes(fd: RawFd) -> libc::c_int {
     let mut unsent: libc::c_int = 0;

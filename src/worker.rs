@@ -4,6 +4,7 @@
 //! the pool snapshots the control plane fanned out, and reports the version.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 use monoio::io::Canceller;
+use monoio::net::TcpStream;
 
-use crate::accept::accept_loop;
+use crate::accept::{accept_loop, accept_queued};
 use crate::config::ProxySettings;
 use crate::pool::{ControlPlane, LocalPool, PoolSnapshot};
 use crate::proxy::{CoreContext, serve_client};
@@ -35,7 +37,11 @@ pub struct WorkerSpec {
     pub plane: Arc<ControlPlane>,
     pub settings: ProxySettings,
     pub driver: DriverKind,
+    /// Close everything now.
     pub shutdown: Arc<AtomicBool>,
+    /// Drain gracefully: take nothing new, let what is in flight finish
+    /// within `settings.shutdown_grace`.
+    pub drain: Arc<AtomicBool>,
 }
 
 /// Starts a worker thread.
@@ -62,6 +68,7 @@ async fn run_core(spec: WorkerSpec) {
         plane,
         settings,
         shutdown,
+        drain,
         ..
     } = spec;
     let pool = LocalPool::new(index, plane.round_robin.clone());
@@ -82,27 +89,30 @@ async fn run_core(spec: WorkerSpec) {
         pool.clone(),
         updates,
         plane,
-        shutdown.clone(),
+        [shutdown.clone(), drain.clone()],
         canceller,
         settings.upstream_idle_timeout,
     ));
 
     let name = format!("worker {index}");
+    let admit = |stream, peer| admit(&core, stream, peer);
     accept_loop(
         &listener,
         stop_accepting,
-        || shutdown.load(Ordering::Acquire),
+        || shutdown.load(Ordering::Acquire) || drain.load(Ordering::Acquire),
         &name,
-        |stream, peer| {
-            monoio::spawn(serve_client(stream, peer, core.clone()));
-        },
+        admit,
     )
     .await;
+    if !shutdown.load(Ordering::Acquire) {
+        drain_gracefully(&core, listener, &shutdown, index).await;
+    } else {
+        drop(listener);
+    }
 
-    // Shutdown: stop listening, close every client connection and idle
-    // upstream connection, and give the driver a few turns so the sockets'
-    // close operations run before the runtime goes away.
-    drop(listener);
+    // Shutdown: close every client connection and idle upstream
+    // connection, and give the driver a few turns so the sockets' close
+    // operations run before the runtime goes away.
     core.close_connections();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while core.open_connections() > 0 && Instant::now() < deadline {
@@ -111,6 +121,62 @@ async fn run_core(spec: WorkerSpec) {
     pool.prune_idle(Instant::now(), Duration::ZERO);
     monoio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Serves a new client connection, or resets it at once when this worker
+/// holds `max_connections` already (the open ones keep being served).
+fn admit(core: &Rc<CoreContext>, stream: TcpStream, peer: SocketAddr) {
+    if core.open_connections() >= core.settings.max_connections {
+        crate::sys::reset_connection(stream.as_raw_fd());
+        core.count_refused_connection();
+        return;
+    }
+    monoio::spawn(serve_client(stream, peer, core.clone()));
+}
+
+/// A graceful drain: the connections already waiting in the listener's
+/// queue are accepted and served (closing the listener would reset them),
+/// the listener closes, idle connections close, and requests in flight get
+/// until the shutdown grace to finish, each answered with
+/// `Connection: close`.
+async fn drain_gracefully(
+    core: &Rc<CoreContext>,
+    listener: monoio::net::TcpListener,
+    shutdown: &AtomicBool,
+    index: usize,
+) {
+    let queued = accept_queued(&listener, |stream, peer| admit(core, stream, peer));
+    drop(listener);
+    core.start_draining();
+    let open = core.open_connections();
+    let deadline = Instant::now() + core.settings.shutdown_grace;
+    while core.open_connections() > 0
+        && Instant::now() < deadline
+        && !shutdown.load(Ordering::Acquire)
+    {
+        monoio::time::sleep(DRAIN_CHECK).await;
+        core.close_idle();
+    }
+    let cut = core.open_connections();
+    if cut > 0 {
+        tracing::warn!(
+            worker = index,
+            open,
+            queued,
+            cut,
+            "drain: connections still open at the end of the grace period are closed"
+        );
+    } else {
+        tracing::info!(
+            worker = index,
+            open,
+            queued,
+            "drain: every connection finished"
+        );
+    }
+}
+
+/// How often a draining core looks for connections gone idle.
+const DRAIN_CHECK: Duration = Duration::from_millis(10);
 
 /// Closes parked client connections whose idle timeout has passed and resets
 /// clients that stopped reading (see `close_expired`), once a
@@ -153,16 +219,26 @@ async fn control_loop(
     pool: Rc<LocalPool>,
     updates: Receiver<Arc<PoolSnapshot>>,
     plane: Arc<ControlPlane>,
-    shutdown: Arc<AtomicBool>,
+    [shutdown, drain]: [Arc<AtomicBool>; 2],
     canceller: Canceller,
     upstream_idle_timeout: Duration,
 ) {
     let mut last_prune = Instant::now();
+    let mut canceller = Some(canceller);
     loop {
         monoio::time::sleep(CONTROL_TICK).await;
         if shutdown.load(Ordering::Acquire) {
-            canceller.cancel();
+            if let Some(canceller) = canceller.take() {
+                canceller.cancel();
+            }
             return;
+        }
+        // A drain stops the accept loop but keeps applying updates: the
+        // requests still in flight may retry on other backends.
+        if drain.load(Ordering::Acquire)
+            && let Some(canceller) = canceller.take()
+        {
+            canceller.cancel();
         }
         apply_updates(&pool, &updates, &plane);
         if last_prune.elapsed() >= PRUNE_EVERY {
@@ -187,11 +263,16 @@ fn apply_updates(pool: &LocalPool, updates: &Receiver<Arc<PoolSnapshot>>, plane:
 /// Binds one listening socket per worker on `addr`, all with SO_REUSEPORT so
 /// the kernel spreads connections over the cores. Port 0 binds the first
 /// socket to a free port and the rest to the same one.
-pub fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<TcpListener>> {
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    handover: bool,
+) -> std::io::Result<Vec<TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
-    if addr.port() != 0 {
+    if addr.port() != 0 && !handover {
         // SO_REUSEPORT would silently share a port another process of this
-        // user holds; a plain bind first makes "in use" an error.
+        // user holds; a plain bind first makes "in use" an error. A
+        // handover wants exactly that sharing, so it skips the check.
         let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         probe.set_reuse_address(true)?;
         probe.bind(&addr.into())?;

@@ -38,6 +38,9 @@ pub struct CoreContext {
     /// monoio timer is 640 bytes, twice the rest of a parked connection).
     open_connections: RefCell<HashMap<RawFd, OpenConnection>>,
     parked_total: Cell<u64>,
+    /// A graceful shutdown is under way: responses close their connection,
+    /// idle connections are closed, nothing new is accepted.
+    draining: Cell<bool>,
     pub plane: Arc<ControlPlane>,
     pub settings: ProxySettings,
     /// Coarse timers for the waits every request makes (see `ticker`).
@@ -54,6 +57,8 @@ pub struct CoreContext {
 struct OpenConnection {
     /// While parked: when its idle timeout ends.
     parked_until: Option<Instant>,
+    /// Parked before its first request: a drain lets it send that one.
+    fresh: bool,
     /// The connection's write count (see `client::ClientOutput`).
     writes: Rc<Cell<u64>>,
     /// A pending write as the sweep last saw it move.
@@ -79,6 +84,7 @@ impl CoreContext {
         Rc::new(CoreContext {
             open_connections: RefCell::new(HashMap::new()),
             parked_total: Cell::new(0),
+            draining: Cell::new(false),
             relay_buffers: BufferPool::new(RELAY_BUFFER + HEADROOM, MAX_FREE_BUFFERS),
             buffers: BufferPool::new(settings.buffer_size, MAX_FREE_BUFFERS),
             pool,
@@ -107,6 +113,46 @@ impl CoreContext {
 
     pub fn open_connections(&self) -> usize {
         self.open_connections.borrow().len()
+    }
+
+    /// Counts a connection reset because this worker held
+    /// `max_connections`, and says so at most once a second.
+    pub fn count_refused_connection(&self) {
+        let stats = self.plane.workers.core(self.core());
+        stats.refused_connections.add(1);
+        if let Some(left_out) = self.failure_log.admit(self.ticker.now()) {
+            let max_connections = self.settings.max_connections;
+            tracing::warn!(
+                worker = self.core(),
+                max_connections,
+                left_out,
+                "connection limit reached: new connections are reset"
+            );
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Starts a graceful drain: from now on responses close their
+    /// connection and idle ones close; see `close_idle`.
+    pub fn start_draining(&self) {
+        self.draining.set(true);
+        self.close_idle();
+    }
+
+    /// Ends the idle wait of parked connections (their read returns EOF and
+    /// they close), except those that have not sent their first request
+    /// yet: they were accepted, so they are served, once. Only the read
+    /// side is shut: a response being written still completes. Connections
+    /// idle but not parked park within `PARK_AFTER` and are closed then.
+    pub fn close_idle(&self) {
+        for (&fd, open) in self.open_connections.borrow().iter() {
+            if open.parked_until.is_some() && !open.fresh {
+                sys::shutdown_read(fd);
+            }
+        }
     }
 
     /// Shuts down parked connections idle past their deadline (their parked
@@ -164,6 +210,7 @@ impl CoreContext {
             fd,
             OpenConnection {
                 parked_until: None,
+                fresh: true,
                 writes,
                 write_seen: None,
             },
@@ -174,12 +221,14 @@ impl CoreContext {
         self.open_connections.borrow_mut().remove(&fd);
     }
 
-    /// Marks a connection parked until `deadline`, or awake with `None`.
+    /// Marks a connection parked until `deadline`, or awake with `None`
+    /// (it has a request, so it is no longer fresh).
     pub(super) fn set_parked(&self, fd: RawFd, deadline: Option<Instant>) {
         self.parked_total
             .set(self.parked_total.get() + u64::from(deadline.is_some()));
         if let Some(entry) = self.open_connections.borrow_mut().get_mut(&fd) {
             entry.parked_until = deadline;
+            entry.fresh &= deadline.is_some();
         }
     }
 

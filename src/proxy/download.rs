@@ -11,14 +11,12 @@ use std::time::Instant;
 use monoio::net::tcp::TcpOwnedReadHalf;
 
 use super::client::ClientOutput;
-use super::core::HEADROOM;
+use super::core::{CoreContext, HEADROOM};
 use super::plan::{Plan, UploadProgress};
 use crate::buffer::read_spare;
-use crate::config::ProxySettings;
 use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody};
 use crate::http1::{ChunkedDecoder, ResponseFraming, Version, header_slots, response};
-use crate::ticker::Ticker;
 
 /// While a slow backend thinks, the client connection is watched for a close
 /// (so the exchange is abandoned at once). Watching costs two io_uring
@@ -107,8 +105,8 @@ pub(super) struct Download<'a> {
     /// Set before the first write of the final head: until then a failure
     /// can still be answered with a status of percore's own.
     pub(super) started: &'a Cell<bool>,
-    pub(super) settings: &'a ProxySettings,
-    pub(super) ticker: &'a Ticker,
+    /// Settings, ticker, and whether a drain has begun.
+    pub(super) core: &'a CoreContext,
 }
 
 /// The final response head, read once; its client form is in `out`.
@@ -158,13 +156,13 @@ impl Download<'_> {
     /// (RFC 9110 §15.2). They do not start the response: a final 502 can
     /// still follow them.
     async fn read_final_head(&mut self) -> Result<FinalHead, DownloadError> {
-        let mut deadline = self.ticker.now() + self.settings.response_timeout;
+        let mut deadline = self.core.ticker.now() + self.core.settings.response_timeout;
         self.response.clear();
         self.response.resize(HEADROOM, 0);
         let mut interim = 0;
         loop {
             let Some(parsed) = self.parse_head()? else {
-                if self.response.len() - HEADROOM >= self.settings.buffer_size {
+                if self.response.len() - HEADROOM >= self.core.settings.buffer_size {
                     return Err(response::ResponseError::HeadTooLarge.into());
                 }
                 match self.read_head_bytes(&mut deadline).await {
@@ -222,7 +220,10 @@ impl Download<'_> {
         if switch && !(plan.websocket && head.switches_to_websocket()) {
             return Err(response::ResponseError::SwitchingProtocols.into());
         }
+        // A drain that began while this request was in flight closes the
+        // connection after its response too.
         let keep_client = plan.keep_alive
+            && !self.core.is_draining()
             && !switch
             && client_body != ClientBody::UntilClose
             && self.progress.request_read();
@@ -256,8 +257,8 @@ impl Download<'_> {
     /// gets one to two timeouts after the last request byte it took.
     async fn read_head_bytes(&mut self, deadline: &mut Instant) -> Result<usize, DownloadError> {
         let progress = self.progress;
-        let ticker = self.ticker;
-        let timeout = self.settings.response_timeout;
+        let ticker = &self.core.ticker;
+        let timeout = self.core.settings.response_timeout;
         let end = self.response.capacity();
         let mut read = std::pin::pin!(read_spare(self.upstream, self.response, end));
         if !progress.watch_client.is_raised() {
@@ -450,7 +451,7 @@ impl Download<'_> {
     /// Reads body bytes after those in `response`, up to index `end`,
     /// within the response timeout; `Closed` at EOF.
     async fn read_body(&mut self, end: usize) -> Result<usize, DownloadError> {
-        let timeout = self.settings.response_timeout;
+        let timeout = self.core.settings.response_timeout;
         match monoio::time::timeout(timeout, read_spare(self.upstream, self.response, end)).await {
             Ok(result) => read_outcome(result),
             Err(_) => Err(DownloadError::Timeout),

@@ -244,8 +244,7 @@ impl Exchange<'_> {
                     request_id: self.request_id,
                     progress: &progress,
                     started: &started,
-                    settings: &core.settings,
-                    ticker: &core.ticker,
+                    core,
                 }
                 .run()
             );

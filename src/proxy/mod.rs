@@ -91,9 +91,13 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
 async fn serve(mut conn: Connection) {
     loop {
         if conn.input.pending().is_empty() {
+            // In a drain, an idle connection still gets `PARK_AFTER` to
+            // bring a request (answered with `Connection: close`): a client
+            // told keep-alive before the drain may be sending one now.
             match conn.wait_for_request().await {
                 Wait::Data => {}
                 Wait::Closed => return,
+                Wait::Park if conn.core.is_draining() => return,
                 Wait::Park => {
                     let timeout = conn
                         .core
@@ -339,7 +343,7 @@ impl Connection {
         if head.max_forwards == Some(0) {
             // The last hop allowed: percore is the final recipient (RFC 9110
             // §7.6.2). A body it does not read ends the connection.
-            let keep_alive = head.keep_alive && bodiless;
+            let keep_alive = head.keep_alive && bodiless && !self.core.is_draining();
             let head_len = head.head_len;
             self.input.consume(head_len);
             return Prepared::AnswerOptions { keep_alive };
@@ -363,7 +367,8 @@ impl Connection {
         let plan = Plan {
             framing: head.framing,
             version: head.version,
-            keep_alive: head.keep_alive,
+            // A drain answers every request with `Connection: close`.
+            keep_alive: head.keep_alive && !self.core.is_draining(),
             is_head: head.is_head(),
             expect_continue: head.expect_continue,
             websocket: head.websocket,

@@ -37,6 +37,8 @@ pub const WORKERS: usize = 2;
 /// falls back to epoll) and says so on stderr; set `PERCORE_REQUIRE_URING=1`
 /// to make it fail instead (`.ci/run` sets it wherever the kernel allows
 /// io_uring).
+// Not every test file runs I/O tests under both drivers.
+#[allow(unused_macros)]
 macro_rules! both_drivers {
     ($( $(#[$meta:meta])* fn $name:ident($driver:ident) $body:block )*) => {
         $(
@@ -390,6 +392,14 @@ impl Client {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// A client over a stream connected (and set up) by the caller.
+    pub fn from_stream(stream: TcpStream) -> Client {
         Client {
             stream,
             buf: Vec::new(),
