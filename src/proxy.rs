@@ -32,6 +32,7 @@ use crate::buffer::BufferPool;
 use crate::failure_log::FailureLog;
 use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody, ForwardFields};
+use crate::latency::Recorder;
 use crate::http1::{
     BodyFraming, ChunkedDecoder, ResponseFraming, Version, header_slots, request, response,
 };
@@ -141,6 +142,8 @@ pub struct CoreContext {
     request_seq: Cell<u64>,
     request_id_prefix: u32,
     failure_log: FailureLog,
+    /// This core's latency histograms and response counts.
+    pub recorder: Recorder,
 }
 
 impl CoreContext {
@@ -152,6 +155,7 @@ impl CoreContext {
         let started =
             plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
         Rc::new(CoreContext {
+            recorder: Recorder::new(pool.core(), plane.clone()),
             open_connections: RefCell::new(HashMap::new()),
             parked_total: Cell::new(0),
             relay_buffers: BufferPool::new(RELAY_BUFFER + HEADROOM, MAX_FREE_BUFFERS),
@@ -324,6 +328,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
         up_head: Vec::new(),
         canceller: Canceller::new(),
         core,
+        request_started: Instant::now(),
     };
     // A new connection starts parked: until its first bytes arrive it costs
     // a small task, not a serving one.
@@ -485,6 +490,8 @@ struct Connection {
     /// Cancels this connection's idle read or client watch; replaced after use.
     canceller: Canceller,
     core: Rc<CoreContext>,
+    /// When the current request's first bytes had been read.
+    request_started: Instant,
 }
 
 impl Drop for Connection {
@@ -583,6 +590,7 @@ impl Connection {
 
     /// Reads, forwards and answers one request; `false` to close the connection.
     async fn handle_request(&mut self) -> bool {
+        self.request_started = Instant::now();
         self.request_id.clear();
         let mut head_deadline: Option<Instant> = None;
         let plan = loop {
@@ -724,6 +732,7 @@ impl Connection {
         rewrite::write_local_response(&mut out, status, message, &self.request_id, close);
         let (result, out) = self.output.write_all(out).await;
         self.up_head = out;
+        self.core.recorder.record_local(status, self.request_started.elapsed());
         result.is_ok()
     }
 
@@ -764,6 +773,9 @@ impl Connection {
             }
             tried[tried_count] = backend.backend.id;
             tried_count += 1;
+            if tried_count + stale_retries > 1 {
+                core.recorder.count_retry(&backend.backend);
+            }
             let counters = backend.backend.counters.core(core.core());
             // Active from the pick, so a backend being drained counts the
             // requests still connecting to it.
@@ -772,6 +784,8 @@ impl Connection {
                 Ok(conn) => conn,
                 Err(error) => {
                     counters.failures.add(1);
+                    let timed_out = matches!(error, upstream::ConnectError::Timeout { .. });
+                    core.recorder.count_connect_error(&backend.backend, timed_out);
                     backend
                         .failed_until
                         .set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
@@ -877,7 +891,9 @@ impl Connection {
             expect_continue: plan.expect_continue,
             writes: Cell::new(0),
             upstream_fd: conn.fd(),
+            response_head_at: Cell::new(None),
         };
+        let upstream_start = Instant::now();
         let response_started = Cell::new(false);
         // Odd while a write to the client is pending (see `ClientOutput`):
         // one dropped half-way, such as an interim response, leaves the
@@ -996,8 +1012,16 @@ impl Connection {
         core.relay_buffers.give(response_buf);
         core.buffers.give(scratch);
 
+        if matches!(download_result, Err(DownloadError::Timeout)) {
+            core.recorder.count_response_timeout(&backend.backend);
+        }
         match download_result {
             Ok(relayed) => {
+                if let Some((head_at, status)) = progress.response_head_at.get() {
+                    let upstream = head_at.saturating_duration_since(upstream_start);
+                    let total = self.request_started.elapsed();
+                    core.recorder.record_response(&backend.backend, status, total, upstream);
+                }
                 let reusable = (relayed.upstream_reusable && upload_sent).then_some(conn);
                 Forwarded::Done {
                     keep_client: relayed.keep_client && client_reusable,
@@ -1103,6 +1127,8 @@ struct UploadProgress {
     writes: Cell<u64>,
     /// The upstream socket, whose unsent queue shows progress within a write.
     upstream_fd: RawFd,
+    /// When the final response head was parsed, and its status.
+    response_head_at: Cell<Option<(Instant, u16)>>,
 }
 
 impl UploadProgress {
@@ -1479,6 +1505,9 @@ async fn download(
             if buf.len() > HEADROOM {
                 let mut headers = header_slots();
                 if let Some(head) = response::parse(&buf[HEADROOM..], &mut headers, plan.is_head)? {
+                    if !head.is_interim() {
+                        progress.response_head_at.set(Some((Instant::now(), head.status)));
+                    }
                     let client_body = match head.framing {
                         ResponseFraming::None => ClientBody::None,
                         ResponseFraming::Length(n) => ClientBody::Length(n),

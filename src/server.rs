@@ -145,8 +145,14 @@ impl Server {
             threads.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
         threads.push(
-            crate::admin::start(admin_listener, plane.clone(), driver, shutdown.clone())
-                .map_err(StartError::Thread)?,
+            crate::admin::start(
+                admin_listener,
+                plane.clone(),
+                config.admin_token.clone(),
+                driver,
+                shutdown.clone(),
+            )
+            .map_err(StartError::Thread)?,
         );
 
         tracing::info!(

@@ -89,6 +89,11 @@ async fn run_core(spec: WorkerSpec) {
     loop {
         match listener.cancelable_accept(stop_accepting.clone()).await {
             Ok((stream, peer)) => {
+                core.plane
+                    .workers
+                    .core(index)
+                    .accepted_connections
+                    .add(1);
                 monoio::spawn(serve_client(stream, peer, core.clone()));
             }
             Err(_) if shutdown.load(Ordering::Acquire) => break,
@@ -117,16 +122,21 @@ async fn run_core(spec: WorkerSpec) {
     monoio::time::sleep(Duration::from_millis(10)).await;
 }
 
-/// Closes parked client connections whose idle timeout has passed and resets
-/// clients that stopped reading (see `close_expired`), once a
-/// second (so an idle timeout is honoured to within a second), and frees
-/// the buffers that went unused for that second.
+/// Once a second: hands the second's latency samples to the control plane,
+/// closes parked client connections whose idle timeout has passed and resets
+/// clients that stopped reading (see `close_expired`), so an idle timeout is
+/// honoured to within a second, and frees the buffers that went unused for
+/// that second.
 async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
     let mut parked_before = 0;
     let mut wave_before = false;
     while !shutdown.load(Ordering::Acquire) {
         monoio::time::sleep(PRUNE_EVERY).await;
-        core.close_expired(Instant::now());
+        let now = Instant::now();
+        // The latency interval ends here: a second's samples go to the
+        // control plane (see `latency`).
+        core.recorder.rotate(now);
+        core.close_expired(now);
         let freed = core.trim_buffers();
         let parked = core.parked_total();
         let wave = parked - parked_before >= TRIM_AFTER_PARKED;
