@@ -21,7 +21,7 @@ pub fn window_from_query(query: Option<&str>) -> Result<Window, String> {
             Some(("window", value)) => window = value.parse()?,
             _ => {
                 return Err(format!(
-                    "unknown query parameter {pair:?}; only window=1s|10s|60s|all is accepted"
+                    "unknown query parameter {pair:?}; only window, one of 1s, 10s, 60s, all"
                 ));
             }
         }

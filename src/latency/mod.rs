@@ -60,12 +60,15 @@ impl Default for Latencies {
 }
 
 impl Latencies {
+    /// Values are at most `MAX_RECORDED_US` (see `micros`). Not
+    /// `saturating_record`: that clamps to the histogram's current range
+    /// instead of growing it.
     #[inline]
     fn record(&mut self, total_us: u64, upstream_us: Option<u64>) {
-        self.total.saturating_record(total_us);
+        record(&mut self.total, total_us);
         self.total_sum_us = self.total_sum_us.saturating_add(total_us);
         if let Some(upstream_us) = upstream_us {
-            self.upstream.saturating_record(upstream_us);
+            record(&mut self.upstream, upstream_us);
         }
     }
 
@@ -85,6 +88,14 @@ impl Latencies {
         self.upstream.reset();
         self.total_sum_us = 0;
     }
+}
+
+/// Records `value_us`, growing the histogram's range when it must (the
+/// first time a core sees a value of a larger magnitude).
+#[inline]
+fn record(histogram: &mut Histogram<u64>, value_us: u64) {
+    // Auto-resizing, up to `MAX_RECORDED_US`: cannot fail.
+    let _ = histogram.record(value_us.min(MAX_RECORDED_US));
 }
 
 /// `Histogram::add`, which only fails when the target cannot grow to the
@@ -116,3 +127,27 @@ pub fn status_class(status: u16) -> usize {
 
 /// The status classes' names, by `status_class` index.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn large_values_grow_the_range_instead_of_clamping() {
+        let mut latencies = Latencies::default();
+        latencies.record(micros(Duration::from_millis(40)), Some(5_000_000));
+        latencies.record(micros(Duration::from_secs(7_200)), None);
+        assert!((40_000..=40_040).contains(&latencies.total.min()));
+        assert!((MAX_RECORDED_US..=MAX_RECORDED_US + MAX_RECORDED_US / 1000).contains(&latencies.total.max()));
+        assert!((5_000_000..=5_005_000).contains(&latencies.upstream.max()));
+        assert_eq!(latencies.total_sum_us, 40_000 + MAX_RECORDED_US);
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!([status_class(101), status_class(204), status_class(304), status_class(404), status_class(503)], [0, 1, 2, 3, 4]);
+        assert_eq!(status_class(0), 4);
+        assert_eq!(STATUS_CLASSES[status_class(200)], "2xx");
+    }
+}
