@@ -51,7 +51,7 @@ pub fn status(status: &Value, latency: &Value) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(&headers, rows));
+    out.push_str(&table(&headers, rows, 2));
     out
 }
 
@@ -75,7 +75,7 @@ pub fn histograms(document: &Value) -> String {
     if let Some(upstream) = document["upstream"]["overall"].as_object() {
         rows.push(row("upstream (all)", &Value::Object(upstream.clone())));
     }
-    out.push_str(&table(&headers, rows));
+    out.push_str(&table(&headers, rows, 1));
     out.push('\n');
     out.push_str(&bars(&document["overall"]["distribution"]));
     out
@@ -113,9 +113,9 @@ fn bars(distribution: &Value) -> String {
     out
 }
 
-/// Columns padded to their widest cell: the first two left-aligned, the
-/// rest right-aligned (numbers).
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+/// Columns padded to their widest cell: the first `left` left-aligned (names),
+/// the rest right-aligned (numbers).
+fn table(headers: &[&str], rows: Vec<Vec<String>>, left: usize) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -128,7 +128,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
             if index > 0 {
                 text.push_str("  ");
             }
-            if index < 2 {
+            if index < left {
                 text.push_str(&format!("{cell:<width$}"));
             } else {
                 text.push_str(&format!("{cell:>width$}"));
