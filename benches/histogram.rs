@@ -38,7 +38,9 @@ fn record(c: &mut Criterion) {
     });
     // The three clock reads a relayed request adds (head read, upstream
     // start, response head), and the elapsed at the end.
-    c.bench_function("latency/instant_now", |b| b.iter(|| black_box(Instant::now())));
+    c.bench_function("latency/instant_now", |b| {
+        b.iter(|| black_box(Instant::now()))
+    });
     c.bench_function("latency/rotate_and_collect", |b| {
         b.iter(|| {
             for _ in 0..1000 {

@@ -72,7 +72,12 @@ pub struct ServeArgs {
     pub upstream_idle_timeout: Option<Duration>,
     /// Require `Authorization: Bearer TOKEN` on every admin request. The
     /// environment variable keeps it out of the process list.
-    #[arg(long, env = "PERCORE_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "PERCORE_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub admin_token: Option<String>,
 }
 
@@ -133,10 +138,22 @@ pub struct CtlArgs {
     #[command(subcommand)]
     pub command: CtlCommand,
     /// Admin API address (host:port).
-    #[arg(long = "admin", id = "ctl_admin", global = true, default_value = "127.0.0.1:8081", value_name = "ADDR")]
+    #[arg(
+        long = "admin",
+        id = "ctl_admin",
+        global = true,
+        default_value = "127.0.0.1:8081",
+        value_name = "ADDR"
+    )]
     pub admin: String,
     /// Admin token, when the proxy requires one.
-    #[arg(long, global = true, env = "PERCORE_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        global = true,
+        env = "PERCORE_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
     /// Print the admin API's JSON instead of text, for scripts.
     #[arg(long, global = true)]
@@ -259,8 +276,15 @@ mod tests {
     #[test]
     fn ctl_subcommands() {
         let cli = Cli::try_parse_from([
-            "percore", "ctl", "add", "http://127.0.0.1:9", "--weight", "3", "--admin",
-            "127.0.0.1:1", "--json",
+            "percore",
+            "ctl",
+            "add",
+            "http://127.0.0.1:9",
+            "--weight",
+            "3",
+            "--admin",
+            "127.0.0.1:1",
+            "--json",
         ])
         .unwrap();
         let Some(Command::Ctl(args)) = cli.command else {
@@ -268,7 +292,13 @@ mod tests {
         };
         assert_eq!(args.admin, "127.0.0.1:1");
         assert!(args.json);
-        assert!(matches!(args.command, CtlCommand::Add { weight: Some(3), .. }));
+        assert!(matches!(
+            args.command,
+            CtlCommand::Add {
+                weight: Some(3),
+                ..
+            }
+        ));
         assert!(Cli::try_parse_from(["percore", "ctl", "frobnicate"]).is_err());
         assert!(Cli::try_parse_from(["percore", "ctl", "remove"]).is_err());
     }

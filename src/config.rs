@@ -305,7 +305,10 @@ mod tests {
         assert!(printed.contains("<redacted>"), "{printed}");
         for bad in [r#"{"admin_token": ""}"#, r#"{"admin_token": "two words"}"#] {
             let config: Config = serde_json::from_str(bad).unwrap();
-            assert!(matches!(config.validate(), Err(ConfigError::AdminToken)), "{bad}");
+            assert!(
+                matches!(config.validate(), Err(ConfigError::AdminToken)),
+                "{bad}"
+            );
         }
         assert!(AdminToken::new("t\u{e9}").is_err());
     }

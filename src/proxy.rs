@@ -32,10 +32,10 @@ use crate::buffer::BufferPool;
 use crate::failure_log::FailureLog;
 use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody, ForwardFields};
-use crate::latency::Recorder;
 use crate::http1::{
     BodyFraming, ChunkedDecoder, ResponseFraming, Version, header_slots, request, response,
 };
+use crate::latency::Recorder;
 use crate::metrics::ActiveGuard;
 use crate::pool::{BackendId, ControlPlane, LocalBackend, LocalPool, MAX_ATTEMPTS};
 use crate::ticker::{TICK, Ticker};
@@ -732,7 +732,9 @@ impl Connection {
         rewrite::write_local_response(&mut out, status, message, &self.request_id, close);
         let (result, out) = self.output.write_all(out).await;
         self.up_head = out;
-        self.core.recorder.record_local(status, self.request_started.elapsed());
+        self.core
+            .recorder
+            .record_local(status, self.request_started.elapsed());
         result.is_ok()
     }
 
@@ -785,7 +787,8 @@ impl Connection {
                 Err(error) => {
                     counters.failures.add(1);
                     let timed_out = matches!(error, upstream::ConnectError::Timeout { .. });
-                    core.recorder.count_connect_error(&backend.backend, timed_out);
+                    core.recorder
+                        .count_connect_error(&backend.backend, timed_out);
                     backend
                         .failed_until
                         .set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
@@ -1020,7 +1023,8 @@ impl Connection {
                 if let Some((head_at, status)) = progress.response_head_at.get() {
                     let upstream = head_at.saturating_duration_since(upstream_start);
                     let total = self.request_started.elapsed();
-                    core.recorder.record_response(&backend.backend, status, total, upstream);
+                    core.recorder
+                        .record_response(&backend.backend, status, total, upstream);
                 }
                 let reusable = (relayed.upstream_reusable && upload_sent).then_some(conn);
                 Forwarded::Done {
@@ -1506,7 +1510,9 @@ async fn download(
                 let mut headers = header_slots();
                 if let Some(head) = response::parse(&buf[HEADROOM..], &mut headers, plan.is_head)? {
                     if !head.is_interim() {
-                        progress.response_head_at.set(Some((Instant::now(), head.status)));
+                        progress
+                            .response_head_at
+                            .set(Some((Instant::now(), head.status)));
                     }
                     let client_body = match head.framing {
                         ResponseFraming::None => ClientBody::None,

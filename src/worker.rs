@@ -89,11 +89,7 @@ async fn run_core(spec: WorkerSpec) {
     loop {
         match listener.cancelable_accept(stop_accepting.clone()).await {
             Ok((stream, peer)) => {
-                core.plane
-                    .workers
-                    .core(index)
-                    .accepted_connections
-                    .add(1);
+                core.plane.workers.core(index).accepted_connections.add(1);
                 monoio::spawn(serve_client(stream, peer, core.clone()));
             }
             Err(_) if shutdown.load(Ordering::Acquire) => break,

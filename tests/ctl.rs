@@ -45,17 +45,32 @@ fn stderr(output: &Output) -> String {
 
 /// Succeeded: exit 0, nothing on stderr; returns stdout.
 fn ok(output: Output) -> String {
-    assert!(output.status.success(), "exit {:?}: {}{}", output.status.code(), stdout(&output), stderr(&output));
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}{}",
+        output.status.code(),
+        stdout(&output),
+        stderr(&output)
+    );
     assert_eq!(stderr(&output), "");
     stdout(&output)
 }
 
 /// Failed with exit 1 and one `percore ctl:` line on stderr; returns it.
 fn failed(output: Output) -> String {
-    assert_eq!(output.status.code(), Some(1), "{}{}", stdout(&output), stderr(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
     assert_eq!(stdout(&output), "");
     let message = stderr(&output);
-    assert!(message.starts_with("percore ctl: ") && message.lines().count() == 1, "{message}");
+    assert!(
+        message.starts_with("percore ctl: ") && message.lines().count() == 1,
+        "{message}"
+    );
     message
 }
 
@@ -64,7 +79,12 @@ fn json(text: &str) -> Value {
 }
 
 fn pool_urls(proxy: &Proxy) -> Vec<String> {
-    proxy.server.control().snapshot().backends.iter().map(|(b, _)| b.url.clone()).collect()
+    let snapshot = proxy.server.control().snapshot();
+    snapshot
+        .backends
+        .iter()
+        .map(|(b, _)| b.url.clone())
+        .collect()
 }
 
 both_drivers! {
@@ -199,9 +219,18 @@ both_drivers! {
 fn an_unreachable_proxy_is_a_clear_error() {
     let refused = refused_url();
     let addr: SocketAddr = refused.trim_start_matches("http://").parse().unwrap();
-    for args in [&["status"][..], &["add", "http://127.0.0.1:9"], &["remove", "1"], &["strategy", "round_robin"], &["histograms"]] {
+    for args in [
+        &["status"][..],
+        &["add", "http://127.0.0.1:9"],
+        &["remove", "1"],
+        &["strategy", "round_robin"],
+        &["histograms"],
+    ] {
         let message = failed(ctl(addr, args));
-        assert!(message.contains(&format!("cannot reach the admin API at {addr}")), "{message}");
+        assert!(
+            message.contains(&format!("cannot reach the admin API at {addr}")),
+            "{message}"
+        );
         assert!(message.to_lowercase().contains("refused"), "{message}");
     }
 }
@@ -209,8 +238,17 @@ fn an_unreachable_proxy_is_a_clear_error() {
 #[test]
 fn usage_errors_exit_2() {
     let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    for args in [&["frobnicate"][..], &["remove"], &["add", "http://127.0.0.1:9", "--weight", "heavy"]] {
+    for args in [
+        &["frobnicate"][..],
+        &["remove"],
+        &["add", "http://127.0.0.1:9", "--weight", "heavy"],
+    ] {
         let output = ctl(addr, args);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
     }
 }

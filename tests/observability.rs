@@ -30,7 +30,9 @@ fn histograms(admin: SocketAddr, window: &str) -> Value {
 }
 
 fn within(value: &Value, low_us: u64, high_us: u64) -> bool {
-    value.as_u64().is_some_and(|v| (low_us..=high_us).contains(&v))
+    value
+        .as_u64()
+        .is_some_and(|v| (low_us..=high_us).contains(&v))
 }
 
 fn scrape(admin: SocketAddr) -> Scrape {
@@ -40,7 +42,10 @@ fn scrape(admin: SocketAddr) -> Scrape {
     let lines = text.lines().map(|line| Ok(line.to_string()));
     let scrape = Scrape::parse(lines).expect("the exposition parses");
     // The parser skips what it cannot read: count what it kept.
-    let sample_lines = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    let sample_lines = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
     let kept: usize = scrape
         .samples
         .iter()

@@ -207,7 +207,10 @@ async fn dispatch(context: &AdminContext, request: Request<'_>) -> Result<Reply,
         (Route::Status, "GET") => Ok(Reply::json(200, &report::status(&context.plane))),
         (Route::Histograms, "GET") => {
             let window = traffic::window_from_query(query).map_err(ApiError::BadWindow)?;
-            Ok(Reply::json(200, &traffic::histograms(&context.plane, window)))
+            Ok(Reply::json(
+                200,
+                &traffic::histograms(&context.plane, window),
+            ))
         }
         (Route::Metrics, "GET") => Ok(Reply {
             status: 200,

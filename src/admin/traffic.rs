@@ -16,7 +16,11 @@ use crate::pool::{Backend, BackendId, ControlPlane, PoolSnapshot};
 /// The `window` of a `/histograms` query; `60s` when there is none.
 pub fn window_from_query(query: Option<&str>) -> Result<Window, String> {
     let mut window = Window::Minute;
-    for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+    for pair in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
         match pair.split_once('=') {
             Some(("window", value)) => window = value.parse()?,
             _ => {
@@ -176,6 +180,26 @@ const DURATION_BUCKETS_S: [f64; 17] = [
     5.0, 10.0, 60.0,
 ];
 
+/// Per-backend counters beyond requests and failures, by name and help.
+const BACKEND_COUNTERS: [(&str, &str); 4] = [
+    (
+        "percore_backend_retries_total",
+        "Attempts sent here after an attempt failed.",
+    ),
+    (
+        "percore_backend_connect_errors_total",
+        "Connections not opened, timeouts included.",
+    ),
+    (
+        "percore_backend_connect_timeouts_total",
+        "Connections not opened in time.",
+    ),
+    (
+        "percore_backend_response_timeouts_total",
+        "Responses that did not arrive in time.",
+    ),
+];
+
 /// Appends the traffic families to a `/metrics` exposition.
 pub fn write_metrics(out: &mut String, plane: &ControlPlane, snapshot: &PoolSnapshot) {
     let live = live_backends(snapshot);
@@ -198,29 +222,14 @@ pub fn write_metrics(out: &mut String, plane: &ControlPlane, snapshot: &PoolSnap
         }
     }
     type Read = fn(&crate::metrics::BackendCounters) -> &CoreCounter;
-    let counters: [(&str, &str, Read); 4] = [
-        (
-            "percore_backend_retries_total",
-            "Attempts sent to this backend after an earlier attempt at the request failed.",
-            |c| &c.retries,
-        ),
-        (
-            "percore_backend_connect_errors_total",
-            "Connections to this backend that could not be opened, timeouts included.",
-            |c| &c.connect_errors,
-        ),
-        (
-            "percore_backend_connect_timeouts_total",
-            "Connections to this backend that were not opened within the connect timeout.",
-            |c| &c.connect_timeouts,
-        ),
-        (
-            "percore_backend_response_timeouts_total",
-            "Responses from this backend that did not arrive within the response timeout.",
-            |c| &c.response_timeouts,
-        ),
+    let reads: [Read; 4] = [
+        |c| &c.retries,
+        |c| &c.connect_errors,
+        |c| &c.connect_timeouts,
+        |c| &c.response_timeouts,
     ];
-    for (name, help, read) in counters {
+    let counters = BACKEND_COUNTERS.into_iter().zip(reads);
+    for ((name, help), read) in counters {
         family(out, name, "counter", help);
         for (backend, _) in &snapshot.backends {
             let id = backend.id.to_string();
@@ -237,7 +246,12 @@ pub fn write_metrics(out: &mut String, plane: &ControlPlane, snapshot: &PoolSnap
     );
     for (class, name) in STATUS_CLASSES.iter().enumerate() {
         let count = plane.workers.sum(|worker| &worker.local_responses[class]);
-        sample(out, "percore_local_responses_total", &[("code", name)], count);
+        sample(
+            out,
+            "percore_local_responses_total",
+            &[("code", name)],
+            count,
+        );
     }
     family(
         out,
@@ -249,7 +263,12 @@ pub fn write_metrics(out: &mut String, plane: &ControlPlane, snapshot: &PoolSnap
         let labels = [("core", core.to_string())];
         let labels = [("core", labels[0].1.as_str())];
         let count = stats.accepted_connections.get();
-        sample(out, "percore_worker_accepted_connections_total", &labels, count);
+        sample(
+            out,
+            "percore_worker_accepted_connections_total",
+            &labels,
+            count,
+        );
     }
 }
 
@@ -316,11 +335,21 @@ fn write_histogram(
             histogram.count_between(0, le_us)
         };
         let le = le.to_string();
-        sample(out, &bucket, &[("id", &id), ("url", url), ("le", &le)], count);
+        sample(
+            out,
+            &bucket,
+            &[("id", &id), ("url", url), ("le", &le)],
+            count,
+        );
     }
     let labels = [("id", id.as_str()), ("url", url)];
     let count = histogram.len();
-    sample(out, &bucket, &[("id", &id), ("url", url), ("le", "+Inf")], count);
+    sample(
+        out,
+        &bucket,
+        &[("id", &id), ("url", url), ("le", "+Inf")],
+        count,
+    );
     sample(out, &format!("{name}_sum"), &labels, sum_us / 1e6);
     sample(out, &format!("{name}_count"), &labels, count);
 }
@@ -335,8 +364,16 @@ mod tests {
         assert_eq!(window_from_query(None), Ok(Window::Minute));
         assert_eq!(window_from_query(Some("window=1s")), Ok(Window::OneSecond));
         assert_eq!(window_from_query(Some("window=all")), Ok(Window::All));
-        assert!(window_from_query(Some("window=2s")).unwrap_err().contains("2s"));
-        assert!(window_from_query(Some("span=1s")).unwrap_err().contains("span"));
+        assert!(
+            window_from_query(Some("window=2s"))
+                .unwrap_err()
+                .contains("2s")
+        );
+        assert!(
+            window_from_query(Some("span=1s"))
+                .unwrap_err()
+                .contains("span")
+        );
     }
 
     #[test]
@@ -352,8 +389,16 @@ mod tests {
         assert_eq!(summary.p50, 180);
         assert_eq!(
             summary.distribution,
-            [(100, 1), (200, 2), (500, 1), (1_000, 0), (2_000, 0), (5_000, 0), (10_000, 1)]
-                .map(|(le_us, count)| Bucket { le_us, count })
+            [
+                (100, 1),
+                (200, 2),
+                (500, 1),
+                (1_000, 0),
+                (2_000, 0),
+                (5_000, 0),
+                (10_000, 1)
+            ]
+            .map(|(le_us, count)| Bucket { le_us, count })
         );
         let empty = Summary::new(&new_histogram());
         assert_eq!((empty.count, empty.p99), (0, 0));

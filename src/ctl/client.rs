@@ -50,13 +50,18 @@ impl AdminClient {
 
     /// Sends one request; an answer of 400 or more is a `Refused` carrying
     /// the API's error sentence.
-    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CtlError> {
-        let (status, answer) = self
-            .exchange(method, path, body)
-            .map_err(|source| CtlError::Unreachable {
-                addr: self.addr.clone(),
-                source,
-            })?;
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CtlError> {
+        let (status, answer) =
+            self.exchange(method, path, body)
+                .map_err(|source| CtlError::Unreachable {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
         let malformed = |reason: String| CtlError::Malformed {
             addr: self.addr.clone(),
             reason,
@@ -78,7 +83,12 @@ impl AdminClient {
     }
 
     /// The status and body of the answer to one request.
-    fn exchange(&self, method: &str, path: &str, body: Option<&Value>) -> io::Result<(u16, Vec<u8>)> {
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> io::Result<(u16, Vec<u8>)> {
         let mut stream = self.connect()?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -107,7 +117,8 @@ impl AdminClient {
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
-        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
+        let mut last_error =
+            io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
         for addr in self.addr.to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
                 Ok(stream) => return Ok(stream),
@@ -137,7 +148,13 @@ fn parse_answer(answer: &[u8]) -> io::Result<(u16, Vec<u8>)> {
         .headers
         .iter()
         .find(|header| header.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|header| std::str::from_utf8(header.value).ok()?.trim().parse::<usize>().ok());
+        .and_then(|header| {
+            std::str::from_utf8(header.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
     let body = &answer[head_len..];
     let body = match length {
         Some(length) if length <= body.len() => &body[..length],

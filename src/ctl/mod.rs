@@ -56,13 +56,17 @@ pub fn execute(client: &AdminClient, command: &CtlCommand, json: bool) -> Result
             }
             Ok(format!(
                 "added backend {} {} (weight {}); every core routes to it\n",
-                backend["id"], text(&backend["url"]), backend["weight"]
+                backend["id"],
+                text(&backend["url"]),
+                backend["weight"]
             ))
         }
         CtlCommand::Remove { backend } => {
             let removed = match backend.parse::<u64>() {
                 Ok(id) => client.request("DELETE", &format!("/backends/{id}"), None)?,
-                Err(_) => client.request("DELETE", "/backends", Some(&json!({ "url": backend })))?,
+                Err(_) => {
+                    client.request("DELETE", "/backends", Some(&json!({ "url": backend })))?
+                }
             };
             if json {
                 return Ok(pretty(&removed));

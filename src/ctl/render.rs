@@ -19,8 +19,16 @@ pub fn status(status: &Value, latency: &Value) -> String {
         seconds(status["uptime_s"].as_f64().unwrap_or(0.0)),
     );
     let headers = [
-        "ID", "BACKEND", "STATE", "WEIGHT", "IN FLIGHT", "REQUESTS", "FAILURES", "P50 10s",
-        "P99 10s", "LAST CHECK",
+        "ID",
+        "BACKEND",
+        "STATE",
+        "WEIGHT",
+        "IN FLIGHT",
+        "REQUESTS",
+        "FAILURES",
+        "P50 10s",
+        "P99 10s",
+        "LAST CHECK",
     ];
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -51,18 +59,23 @@ pub fn status(status: &Value, latency: &Value) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(&headers, rows, 2));
+    out.push_str(&table(&headers, rows, "RLLRRRRRRL"));
     out
 }
 
 /// `percore ctl histograms`: percentiles per row, then the overall
 /// distribution as bars.
 pub fn histograms(document: &Value) -> String {
-    let mut out = format!("latency over window {} (time at the proxy)\n\n", plain(&document["window"]));
+    let mut out = format!(
+        "latency over window {} (time at the proxy)\n\n",
+        plain(&document["window"])
+    );
     let headers = ["", "COUNT", "MEAN", "P50", "P90", "P99", "P99.9", "MAX"];
     let row = |name: &str, summary: &Value| {
         let mut row = vec![name.to_string(), summary["count"].to_string()];
-        row.push(micros(summary["mean"].as_f64().unwrap_or(0.0).round() as u64));
+        row.push(micros(
+            summary["mean"].as_f64().unwrap_or(0.0).round() as u64
+        ));
         for key in ["p50", "p90", "p99", "p999", "max"] {
             row.push(micros(summary[key].as_u64().unwrap_or(0)));
         }
@@ -75,7 +88,7 @@ pub fn histograms(document: &Value) -> String {
     if let Some(upstream) = document["upstream"]["overall"].as_object() {
         rows.push(row("upstream (all)", &Value::Object(upstream.clone())));
     }
-    out.push_str(&table(&headers, rows, 1));
+    out.push_str(&table(&headers, rows, "LRRRRRRR"));
     out.push('\n');
     out.push_str(&bars(&document["overall"]["distribution"]));
     out
@@ -96,7 +109,12 @@ fn bars(distribution: &Value) -> String {
             )
         })
         .collect();
-    let Some(fullest) = buckets.iter().map(|&(_, count)| count).max().filter(|&n| n > 0) else {
+    let Some(fullest) = buckets
+        .iter()
+        .map(|&(_, count)| count)
+        .max()
+        .filter(|&n| n > 0)
+    else {
         return "no requests in this window\n".to_string();
     };
     let mut out = String::from("distribution (overall)\n");
@@ -113,9 +131,9 @@ fn bars(distribution: &Value) -> String {
     out
 }
 
-/// Columns padded to their widest cell: the first `left` left-aligned (names),
-/// the rest right-aligned (numbers).
-fn table(headers: &[&str], rows: Vec<Vec<String>>, left: usize) -> String {
+/// Columns padded to their widest cell, each aligned as `align` says by
+/// position: `L`eft for names, `R`ight for numbers.
+fn table(headers: &[&str], rows: Vec<Vec<String>>, align: &str) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -128,7 +146,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>, left: usize) -> String {
             if index > 0 {
                 text.push_str("  ");
             }
-            if index < left {
+            if align.as_bytes().get(index) == Some(&b'L') {
                 text.push_str(&format!("{cell:<width$}"));
             } else {
                 text.push_str(&format!("{cell:>width$}"));
@@ -168,7 +186,11 @@ fn last_check(check: &Value, now_ms: u64) -> String {
     if !check.is_object() {
         return "-".to_string();
     }
-    let verdict = if check["ok"] == Value::Bool(true) { "ok" } else { "failed" };
+    let verdict = if check["ok"] == Value::Bool(true) {
+        "ok"
+    } else {
+        "failed"
+    };
     let mut text = verdict.to_string();
     if let Some(status) = check["status"].as_u64() {
         text.push_str(&format!(" {status}"));
@@ -177,7 +199,10 @@ fn last_check(check: &Value, now_ms: u64) -> String {
         text.push_str(&format!(" in {}", micros(latency)));
     }
     if let Some(at) = check["at_unix_ms"].as_u64() {
-        text.push_str(&format!(", {} ago", seconds(now_ms.saturating_sub(at) as f64 / 1e3)));
+        text.push_str(&format!(
+            ", {} ago",
+            seconds(now_ms.saturating_sub(at) as f64 / 1e3)
+        ));
     }
     text
 }
@@ -217,19 +242,31 @@ mod tests {
                  "active_connections": 0, "requests": 0, "failures": 0, "last_check": null}
             ]
         });
-        let latency = json!({"backends": {"http://127.0.0.1:8082": {"count": 10, "p50": 210, "p99": 1500}}});
+        let latency =
+            json!({"backends": {"http://127.0.0.1:8082": {"count": 10, "p50": 210, "p99": 1500}}});
         let text = status(&document, &latency);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "strategy round_robin, pool version 3, 2 worker cores, up 12.5s");
+        assert_eq!(
+            lines[0],
+            "strategy round_robin, pool version 3, 2 worker cores, up 12.5s"
+        );
         assert!(lines[2].starts_with("ID  BACKEND"), "{text}");
-        assert!(lines[3].contains("210us") && lines[3].contains("1.5ms"), "{text}");
+        assert!(
+            lines[3].contains("210us") && lines[3].contains("1.5ms"),
+            "{text}"
+        );
         assert!(lines[3].contains("ok 200 in 180us"), "{text}");
-        assert!(lines[4].contains("draining") && lines[4].ends_with("-"), "{text}");
+        assert!(
+            lines[4].contains("draining") && lines[4].ends_with("-"),
+            "{text}"
+        );
     }
 
     #[test]
     fn bars_scale_to_the_fullest_bucket() {
-        let chart = bars(&json!([{"le_us": 100, "count": 10}, {"le_us": 200, "count": 0}, {"le_us": 500, "count": 1}]));
+        let chart = bars(
+            &json!([{"le_us": 100, "count": 10}, {"le_us": 200, "count": 0}, {"le_us": 500, "count": 1}]),
+        );
         let lines: Vec<&str> = chart.lines().collect();
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[1].matches('#').count(), 40);

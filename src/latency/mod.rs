@@ -139,14 +139,26 @@ mod tests {
         latencies.record(micros(Duration::from_millis(40)), Some(5_000_000));
         latencies.record(micros(Duration::from_secs(7_200)), None);
         assert!((40_000..=40_040).contains(&latencies.total.min()));
-        assert!((MAX_RECORDED_US..=MAX_RECORDED_US + MAX_RECORDED_US / 1000).contains(&latencies.total.max()));
+        assert!(
+            (MAX_RECORDED_US..=MAX_RECORDED_US + MAX_RECORDED_US / 1000)
+                .contains(&latencies.total.max())
+        );
         assert!((5_000_000..=5_005_000).contains(&latencies.upstream.max()));
         assert_eq!(latencies.total_sum_us, 40_000 + MAX_RECORDED_US);
     }
 
     #[test]
     fn status_classes() {
-        assert_eq!([status_class(101), status_class(204), status_class(304), status_class(404), status_class(503)], [0, 1, 2, 3, 4]);
+        assert_eq!(
+            [
+                status_class(101),
+                status_class(204),
+                status_class(304),
+                status_class(404),
+                status_class(503)
+            ],
+            [0, 1, 2, 3, 4]
+        );
         assert_eq!(status_class(0), 4);
         assert_eq!(STATUS_CLASSES[status_class(200)], "2xx");
     }

@@ -69,7 +69,11 @@ impl Recorder {
         let (total, upstream) = (micros(total), micros(upstream));
         let mut current = self.current.borrow_mut();
         current.overall.record(total, Some(upstream));
-        let index = match current.backends.iter().position(|(id, _)| *id == backend.id) {
+        let index = match current
+            .backends
+            .iter()
+            .position(|(id, _)| *id == backend.id)
+        {
             Some(index) => index,
             None => {
                 current.backends.push((backend.id, Latencies::default()));
@@ -85,7 +89,10 @@ impl Recorder {
     #[inline]
     pub fn record_local(&self, status: u16, total: Duration) {
         self.plane.workers.core(self.core).local_responses[status_class(status)].add(1);
-        self.current.borrow_mut().overall.record(micros(total), None);
+        self.current
+            .borrow_mut()
+            .overall
+            .record(micros(total), None);
     }
 
     /// A request sent again, to `backend`, after a failed attempt.
@@ -115,7 +122,9 @@ impl Recorder {
     /// that had no sample in it are forgotten (a removed one stays so).
     pub fn rotate(&self, now: Instant) {
         let mut current = self.current.borrow_mut();
-        current.backends.retain(|(_, latencies)| !latencies.is_empty());
+        current
+            .backends
+            .retain(|(_, latencies)| !latencies.is_empty());
         if current.overall.is_empty() {
             return;
         }

@@ -62,9 +62,7 @@ impl FromStr for Window {
         Window::ALL
             .into_iter()
             .find(|window| window.name() == text)
-            .ok_or_else(|| {
-                format!("unknown window {text:?}; use one of 1s, 10s, 60s, all")
-            })
+            .ok_or_else(|| format!("unknown window {text:?}; use one of 1s, 10s, 60s, all"))
     }
 }
 
@@ -292,7 +290,10 @@ mod tests {
         assert_eq!(within(10_000), 50);
         assert_eq!(within(60_000), 60);
         assert_eq!(store.all.overall.total.len(), 65);
-        assert_eq!(store.all.overall.total_sum_us, 10_000 + 40_000 + 90_000 + 45_000);
+        assert_eq!(
+            store.all.overall.total_sum_us,
+            10_000 + 40_000 + 90_000 + 45_000
+        );
     }
 
     #[test]
