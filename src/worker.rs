@@ -109,6 +109,8 @@ async fn run_core(spec: WorkerSpec) {
     // upstream connection, and give the driver a few turns so the sockets'
     // close operations run before the runtime goes away.
     drop(listener);
+    // The last partial second's samples still count in `all`.
+    core.recorder.rotate(Instant::now());
     core.close_connections();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while core.open_connections() > 0 && Instant::now() < deadline {
