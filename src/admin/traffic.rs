@@ -260,8 +260,8 @@ pub fn write_metrics(out: &mut String, plane: &ControlPlane, snapshot: &PoolSnap
         "Client connections this worker core accepted (SO_REUSEPORT's spread).",
     );
     for (core, stats) in plane.workers.iter().enumerate() {
-        let labels = [("core", core.to_string())];
-        let labels = [("core", labels[0].1.as_str())];
+        let core = core.to_string();
+        let labels = [("core", core.as_str())];
         let count = stats.accepted_connections.get();
         sample(
             out,

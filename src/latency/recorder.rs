@@ -15,17 +15,10 @@ use crate::pool::{Backend, BackendId, ControlPlane};
 /// What one core recorded over one interval (about a second).
 #[derive(Debug, Clone)]
 pub struct Interval {
-    pub core: usize,
     /// When the core rotated it; the control plane files it by this.
     pub ended: Instant,
     pub overall: Latencies,
     pub backends: Vec<(BackendId, Latencies)>,
-}
-
-impl Interval {
-    pub fn is_empty(&self) -> bool {
-        self.overall.is_empty() && self.backends.iter().all(|(_, l)| l.is_empty())
-    }
 }
 
 /// The data path's hook for latencies and response counts, one per core.
@@ -129,7 +122,6 @@ impl Recorder {
             return;
         }
         let interval = Interval {
-            core: self.core,
             ended: now,
             overall: current.overall.clone(),
             backends: current.backends.clone(),

@@ -239,7 +239,6 @@ mod tests {
             latencies.record(sample, Some(sample / 2));
         }
         Interval {
-            core: 0,
             ended,
             overall: latencies.clone(),
             backends: vec![(backend, latencies)],
