@@ -1,5 +1,6 @@
 //! The command line (clap derive): `percore` serves the proxy topology,
-//! `percore backend` runs one mock backend. Flags override the config file.
+//! `percore backend` runs one mock backend, `percore ctl` drives a running
+//! proxy over its admin API (`ctl`). Flags override the config file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::balance::StrategyKind;
-use crate::config::{Config, ConfigError, DriverChoice};
+use crate::config::{AdminToken, Config, ConfigError, DriverChoice};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one mock backend: GET /health answers 200, other requests are echoed.
     Backend(BackendArgs),
+    /// Operate a running percore over its admin API.
+    Ctl(CtlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +89,15 @@ pub struct ServeArgs {
     /// Idle pooled upstream connection timeout [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<Duration>,
+    /// Require `Authorization: Bearer TOKEN` on every admin request. The
+    /// environment variable keeps it out of the process list.
+    #[arg(
+        long,
+        env = "PERCORE_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -136,9 +148,70 @@ impl ServeArgs {
                 *setting = value;
             }
         }
+        if let Some(token) = &self.admin_token {
+            config.admin_token = Some(AdminToken::new(token)?);
+        }
         config.validate()?;
         Ok(config)
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    #[command(subcommand)]
+    pub command: CtlCommand,
+    /// Admin API address (host:port).
+    #[arg(
+        long = "admin",
+        id = "ctl_admin",
+        global = true,
+        default_value = "127.0.0.1:8081",
+        value_name = "ADDR"
+    )]
+    pub admin: String,
+    /// Admin token, when the proxy requires one.
+    #[arg(
+        long,
+        global = true,
+        env = "PERCORE_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Print the admin API's JSON instead of text, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Backends as a table: state, weight, in flight, requests, failures,
+    /// p50 and p99 over the last 10 s, last health check.
+    Status,
+    /// Add a backend.
+    Add {
+        /// http://host:port
+        url: String,
+        /// Relative capacity, 1 to 1000 [default: 1].
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove a backend by url or id; its requests in flight finish first.
+    Remove {
+        /// http://host:port, or the backend's numeric id
+        backend: String,
+    },
+    /// Switch the load-balancing strategy.
+    Strategy {
+        /// round_robin, least_connections, ...
+        name: String,
+    },
+    /// Latency percentiles and distribution, overall and per backend.
+    Histograms {
+        /// 1s, 10s, 60s or all.
+        #[arg(long, default_value = "60s")]
+        window: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -237,5 +310,44 @@ mod tests {
             panic!("not a backend command")
         };
         assert_eq!((args.delay_ms, args.status), (5, 503));
+    }
+
+    #[test]
+    fn admin_token_flag() {
+        let cli = Cli::try_parse_from(["percore", "--admin-token", "abc123"]).unwrap();
+        let config = cli.serve.to_config().unwrap();
+        assert!(config.admin_token.unwrap().matches(b"abc123"));
+        let cli = Cli::try_parse_from(["percore", "--admin-token", "a b"]).unwrap();
+        assert!(cli.serve.to_config().is_err());
+    }
+
+    #[test]
+    fn ctl_subcommands() {
+        let cli = Cli::try_parse_from([
+            "percore",
+            "ctl",
+            "add",
+            "http://127.0.0.1:9",
+            "--weight",
+            "3",
+            "--admin",
+            "127.0.0.1:1",
+            "--json",
+        ])
+        .unwrap();
+        let Some(Command::Ctl(args)) = cli.command else {
+            panic!("not a ctl command")
+        };
+        assert_eq!(args.admin, "127.0.0.1:1");
+        assert!(args.json);
+        assert!(matches!(
+            args.command,
+            CtlCommand::Add {
+                weight: Some(3),
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["percore", "ctl", "frobnicate"]).is_err());
+        assert!(Cli::try_parse_from(["percore", "ctl", "remove"]).is_err());
     }
 }

@@ -120,6 +120,50 @@ pub struct Config {
     /// Share the proxy's listen address with a percore already serving it
     /// (a zero-downtime handover); otherwise an address in use is an error.
     pub handover: bool,
+    /// When set, every admin request must carry `Authorization: Bearer <token>`.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token. Its `Debug` is redacted, so the token never
+/// reaches a log line or a printed `Config`; it is compared in constant time.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// A token is 1 to 4096 visible ASCII characters (no spaces), so that
+    /// it fits an `Authorization` header as written.
+    pub fn new(token: &str) -> Result<AdminToken, ConfigError> {
+        let token = AdminToken(token.to_string());
+        token.validate()?;
+        Ok(token)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let text = &self.0;
+        if text.is_empty() || text.len() > 4096 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::AdminToken);
+        }
+        Ok(())
+    }
+
+    /// Whether `presented` is this token. Constant time in the bytes
+    /// compared, so that response times do not reveal a matching prefix.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(presented))
+    }
+
+    /// The token itself, to send (`percore ctl`).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 impl Default for Config {
@@ -147,6 +191,7 @@ impl Default for Config {
                 .map(|a| a.parse().expect("literal address"))
                 .to_vec(),
             handover: false,
+            admin_token: None,
         }
     }
 }
@@ -175,6 +220,8 @@ pub enum ConfigError {
     ZeroTimeout(&'static str),
     #[error("{0} must be at most a year")]
     TimeoutTooLong(&'static str),
+    #[error("admin_token must be 1 to 4096 visible ASCII characters, without spaces")]
+    AdminToken,
 }
 
 impl Config {
@@ -223,6 +270,9 @@ impl Config {
             if value > MAX_TIMEOUT {
                 return Err(ConfigError::TimeoutTooLong(name));
             }
+        }
+        if let Some(token) = &self.admin_token {
+            token.validate()?;
         }
         Ok(())
     }
@@ -327,5 +377,26 @@ mod tests {
                 .to_string()
                 .contains("ftp://x")
         );
+    }
+
+    #[test]
+    fn admin_token_is_checked_and_never_printed() {
+        let config: Config = serde_json::from_str(r#"{"admin_token": "s3cret-Token"}"#).unwrap();
+        config.validate().unwrap();
+        let token = config.admin_token.as_ref().unwrap();
+        assert!(token.matches(b"s3cret-Token"));
+        assert!(!token.matches(b"s3cret-Toke"));
+        assert!(!token.matches(b"s3cret-TokeN"));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+        for bad in [r#"{"admin_token": ""}"#, r#"{"admin_token": "two words"}"#] {
+            let config: Config = serde_json::from_str(bad).unwrap();
+            assert!(
+                matches!(config.validate(), Err(ConfigError::AdminToken)),
+                "{bad}"
+            );
+        }
+        assert!(AdminToken::new("t\u{e9}").is_err());
     }
 }

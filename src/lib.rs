@@ -26,11 +26,14 @@
 //! - [`sys`]: raw socket calls monoio lacks (reset, unsent queue, peek).
 //! - [`ticker`]: coarse per-core timers for the waits every request makes.
 //! - [`metrics`]: per-core counters, summed when read.
+//! - [`latency`]: per-core latency histograms, rotated every second and
+//!   merged into the 1s/10s/60s/all windows on the control plane.
 //! - [`failure_log`]: backend failures at `warn`, rate-limited per core.
 //! - [`memory`]: the allocator (jemalloc) and handing freed pages back.
 //! - [`admin`]: the admin API on the control plane.
 //! - [`mock_backend`]: the mock backends used by the demo, tests and benches.
 //! - [`signals`]: SIGTERM/SIGINT drain gracefully, SIGHUP reloads.
+//! - [`ctl`]: `percore ctl`, the operator's client of the admin API.
 
 pub mod accept;
 pub mod admin;
@@ -38,8 +41,10 @@ pub mod balance;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod failure_log;
 pub mod http1;
+pub mod latency;
 pub mod memory;
 pub mod metrics;
 pub mod mock_backend;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
+        Some(Command::Ctl(args)) => return percore::ctl::run(args),
         Some(Command::Backend(args)) => run_backend(args),
         None => match cli.serve.to_config() {
             Ok(config) => percore::run(config).map_err(|error| error.to_string()),

@@ -93,6 +93,11 @@ pub struct WorkerStats {
     pub applied_version: CoreCounter,
     /// Connections reset on arrival because the core held `max_connections`.
     pub refused_connections: CoreCounter,
+    /// Client connections this core's listener accepted (SO_REUSEPORT's
+    /// spread over the cores).
+    pub accepted_connections: CoreCounter,
+    /// Responses percore answered itself, by status class (1xx..5xx).
+    pub local_responses: [CoreCounter; 5],
 }
 
 /// Per-backend, per-core counters.
@@ -103,6 +108,15 @@ pub struct BackendCounters {
     pub requests: CoreCounter,
     /// Connect failures and broken exchanges.
     pub failures: CoreCounter,
+    /// Responses relayed from the backend in full, by status class (1xx..5xx).
+    pub responses: [CoreCounter; 5],
+    /// Attempts sent to this backend after an earlier attempt failed.
+    pub retries: CoreCounter,
+    /// Connections that could not be opened, timeouts included.
+    pub connect_errors: CoreCounter,
+    pub connect_timeouts: CoreCounter,
+    /// Response heads or bodies that did not arrive in time.
+    pub response_timeouts: CoreCounter,
 }
 
 /// Counts a request in flight: increments a core counter, and decrements it

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::balance::{Balancer, Candidate, SharedCursor, Strategy, StrategyKind};
+use crate::latency::LatencyWindows;
 use crate::metrics::{BackendCounters, PerCore, WorkerStats};
 use crate::upstream::IdleConnections;
 
@@ -137,6 +138,8 @@ pub struct ControlPlane {
     /// percore's own listeners, which are never a backend: proxying to the
     /// proxy loops, and proxying to the admin API would expose it.
     own_listeners: Mutex<Vec<SocketAddr>>,
+    /// The cores' latency intervals, merged when read.
+    pub latency: LatencyWindows,
 }
 
 impl ControlPlane {
@@ -159,6 +162,7 @@ impl ControlPlane {
             started: Instant::now(),
             round_robin: SharedCursor::default(),
             own_listeners: Mutex::new(Vec::new()),
+            latency: LatencyWindows::default(),
         };
         (Arc::new(plane), receivers)
     }

@@ -150,8 +150,14 @@ impl Server {
             workers.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
         let threads = vec![
-            crate::admin::start(admin_listener, plane.clone(), driver, shutdown.clone())
-                .map_err(StartError::Thread)?,
+            crate::admin::start(
+                admin_listener,
+                plane.clone(),
+                config.admin_token.clone(),
+                driver,
+                shutdown.clone(),
+            )
+            .map_err(StartError::Thread)?,
         ];
 
         tracing::info!(

@@ -110,6 +110,8 @@ async fn run_core(spec: WorkerSpec) {
         drop(listener);
     }
 
+    // The last partial second's samples still count in `all`.
+    core.recorder.rotate(Instant::now());
     // Shutdown: close every client connection and idle upstream
     // connection, and give the driver a few turns so the sockets' close
     // operations run before the runtime goes away.
@@ -125,6 +127,11 @@ async fn run_core(spec: WorkerSpec) {
 /// Serves a new client connection, or resets it at once when this worker
 /// holds `max_connections` already (the open ones keep being served).
 fn admit(core: &Rc<CoreContext>, stream: TcpStream, peer: SocketAddr) {
+    core.plane
+        .workers
+        .core(core.pool.core())
+        .accepted_connections
+        .add(1);
     if core.open_connections() >= core.settings.max_connections {
         crate::sys::reset_connection(stream.as_raw_fd());
         core.count_refused_connection();
@@ -178,17 +185,22 @@ async fn drain_gracefully(
 /// How often a draining core looks for connections gone idle.
 const DRAIN_CHECK: Duration = Duration::from_millis(10);
 
-/// Closes parked client connections whose idle timeout has passed and resets
-/// clients that stopped reading (see `close_expired`), once a
-/// second (so an idle timeout is honoured to within a second), frees
-/// the buffers that went unused for that second, and publishes the core's
-/// count of parked connections to its `WorkerStats`.
+/// Once a second: hands the second's latency samples to the control plane,
+/// closes parked client connections whose idle timeout has passed and resets
+/// clients that stopped reading (see `close_expired`), so an idle timeout is
+/// honoured to within a second, frees the buffers that went unused for that
+/// second, and publishes the core's count of parked connections to its
+/// `WorkerStats`.
 async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
     let mut parked_before = 0;
     let mut wave_before = false;
     while !shutdown.load(Ordering::Acquire) {
         monoio::time::sleep(PRUNE_EVERY).await;
-        core.close_expired(Instant::now());
+        let now = Instant::now();
+        // The latency interval ends here: a second's samples go to the
+        // control plane (see `latency`).
+        core.recorder.rotate(now);
+        core.close_expired(now);
         let freed = core.trim_buffers();
         let parked = core.parked_total();
         core.plane

@@ -308,11 +308,12 @@ both_drivers! {
     fn unknown_paths_and_wrong_methods(driver) {
         let proxy = Proxy::start(driver, 1);
         let admin = Admin::of(&proxy);
-        for path in ["/", "/nope", "/status/", "/backends/1/x", "/histograms", "/histograms?window=10s"] {
+        for path in ["/", "/nope", "/status/", "/backends/1/x", "/histograms/", "/histogram?window=10s"] {
             admin.error("GET", path, None, 404);
         }
         for (method, path, allow) in [
             ("POST", "/status", "GET"),
+            ("POST", "/histograms", "GET"),
             ("DELETE", "/metrics", "GET"),
             ("PUT", "/healthz", "GET"),
             ("GET", "/backends", "POST, DELETE"),
@@ -423,7 +424,7 @@ both_drivers! {
             if let Some(comment) = line.strip_prefix("# ") {
                 assert!(comment.starts_with("HELP percore_") || comment.starts_with("TYPE percore_"), "{line}");
                 if let Some(kind) = comment.strip_prefix("TYPE ") {
-                    assert!(kind.ends_with(" counter") || kind.ends_with(" gauge"), "{line}");
+                    assert!(kind.ends_with(" counter") || kind.ends_with(" gauge") || kind.ends_with(" histogram"), "{line}");
                 }
                 continue;
             }

@@ -100,7 +100,9 @@ pub(super) async fn serve(stream: TcpStream, context: &AdminContext) {
             }
         };
         let (head, payload) = request.into_parts();
-        if let Err(refusal) = check_framing(&head) {
+        // Before the body is read: an unauthorized client's body is never
+        // buffered, and the connection closes after the 401.
+        if let Err(refusal) = authorize(context, &head).and_then(|()| check_framing(&head)) {
             refuse(context, &mut encoder, &reader, &refusal).await;
             return;
         }
@@ -112,7 +114,13 @@ pub(super) async fn serve(stream: TcpStream, context: &AdminContext) {
             }
             Err(BodyFailure::Gone) => return,
         };
-        let reply = routes::respond(context, head.method.as_str(), head.uri.path(), &body).await;
+        let request = routes::Request {
+            method: head.method.as_str(),
+            path: head.uri.path(),
+            query: head.uri.query(),
+            body: &body,
+        };
+        let reply = routes::respond(context, request).await;
         let close = !keep_alive(&head) || context.stopping.is_set();
         if !send(&mut encoder, reply, close).await || close {
             return;
@@ -231,6 +239,9 @@ async fn send(encoder: &mut Encoder, reply: Reply, close: bool) -> bool {
     if let Some(allow) = reply.allow {
         response = response.header("allow", allow);
     }
+    if let Some(challenge) = reply.www_authenticate {
+        response = response.header("www-authenticate", challenge);
+    }
     if close {
         response = response.header("connection", "close");
     }
@@ -248,6 +259,28 @@ async fn send(encoder: &mut Encoder, reply: Reply, close: bool) -> bool {
         monoio::time::timeout(SEND_TIMEOUT, encoder.send_and_flush(response)).await,
         Ok(Ok(()))
     )
+}
+
+/// With an admin token configured, a request needs `Authorization: Bearer
+/// <token>` (RFC 6750 §2.1; the scheme is case-insensitive, RFC 9110 §11.1).
+/// The token is compared in constant time, and never logged.
+fn authorize(context: &AdminContext, head: &RequestHead) -> Result<(), ApiError> {
+    let Some(token) = &context.token else {
+        return Ok(());
+    };
+    let mut values = head.headers.get_all("authorization").iter();
+    let presented = match (values.next(), values.next()) {
+        (Some(value), None) => value.as_bytes(),
+        _ => return Err(ApiError::Unauthorized),
+    };
+    let credentials = presented
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| presented[7..].trim_ascii());
+    match credentials {
+        Some(credentials) if token.matches(credentials) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
 }
 
 /// Refuses what the decoder lets through but a request must not have

@@ -8,15 +8,19 @@
 //!   once every core has applied them.
 //! - `report`: the status document and the Prometheus exposition, read from
 //!   the pool snapshot and the per-core counters.
+//! - `traffic`: what the traffic did: `GET /histograms`, and the latency,
+//!   response and error families of `GET /metrics`.
 //!
-//! Not served yet, because what they report does not exist yet: `GET
-//! /histograms` (no latency recording in the data path: 404 like any unknown
-//! path), health-check fields `last_check` and `transitions` (always null),
-//! and the admin token (no setting for it).
+//! With an admin token configured, every request needs it as a bearer
+//! token (`connection::authorize`), or gets 401.
+//!
+//! Not filled yet, because what they report does not exist yet: the
+//! health-check fields `last_check` and `transitions` (always null).
 
 mod connection;
 mod report;
 mod routes;
+mod traffic;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -34,6 +38,7 @@ use monoio::io::Canceller;
 use monoio::net::TcpStream;
 
 use crate::accept::accept_loop;
+use crate::config::AdminToken;
 use crate::pool::ControlPlane;
 use crate::runtime::{self, DriverKind};
 
@@ -49,19 +54,25 @@ const MAX_CONNECTIONS: usize = 256;
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 48\r\n\r\n{\"error\": \"too many admin connections are open\"}";
 /// On shutdown, how long open connections get to notice and close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How often the cores' finished latency intervals are filed, so that their
+/// channel holds about a second's worth between reads.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the admin thread serving `listener`; it returns soon after
 /// `shutdown` is set.
 pub fn start(
     listener: TcpListener,
     plane: Arc<ControlPlane>,
+    token: Option<AdminToken>,
     driver: DriverKind,
     shutdown: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     // monoio's epoll driver needs a non-blocking socket; io_uring does not mind.
     listener.set_nonblocking(true)?;
     std::thread::Builder::new().name("percore-admin".into()).spawn(move || {
-        if let Err(error) = runtime::block_on(driver, move || serve(listener, plane, shutdown)) {
+        if let Err(error) =
+            runtime::block_on(driver, move || serve(listener, plane, token, shutdown))
+        {
             tracing::error!(%error, driver = driver.name(), "admin API could not start its runtime");
         }
     })
@@ -70,11 +81,17 @@ pub fn start(
 /// What every admin connection shares, on the admin thread only.
 pub(crate) struct AdminContext {
     pub plane: Arc<ControlPlane>,
+    pub token: Option<AdminToken>,
     pub stopping: StopSignal,
     open_connections: Cell<usize>,
 }
 
-async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
+async fn serve(
+    listener: TcpListener,
+    plane: Arc<ControlPlane>,
+    token: Option<AdminToken>,
+    shutdown: Arc<AtomicBool>,
+) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -84,12 +101,14 @@ async fn serve(listener: TcpListener, plane: Arc<ControlPlane>, shutdown: Arc<At
     };
     let context = Rc::new(AdminContext {
         plane,
+        token,
         stopping: StopSignal::default(),
         open_connections: Cell::new(0),
     });
     let canceller = Canceller::new();
     let stop_accepting = canceller.handle();
     monoio::spawn(watch_shutdown(shutdown, context.clone(), canceller));
+    monoio::spawn(collect_latency(context.clone()));
 
     accept_loop(
         &listener,
@@ -147,6 +166,16 @@ async fn refuse(mut stream: TcpStream) {
         io::Result::Ok(())
     };
     let _ = monoio::time::timeout(Duration::from_secs(1), linger).await;
+}
+
+/// Files the cores' latency intervals once a second until the API stops.
+async fn collect_latency(context: Rc<AdminContext>) {
+    while !context.stopping.is_set() {
+        monoio::select! {
+            _ = monoio::time::sleep(COLLECT_EVERY) => context.plane.latency.collect(),
+            _ = context.stopping.wait() => return,
+        }
+    }
 }
 
 async fn watch_shutdown(

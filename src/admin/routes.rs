@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::AdminContext;
 use super::report::{self, BackendView, PROMETHEUS_CONTENT_TYPE};
+use super::traffic;
 use crate::balance::StrategyKind;
 use crate::pool::{Backend, BackendId, BackendState, PoolError, parse_backend_url};
 
@@ -37,6 +38,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// The `Allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// The `WWW-Authenticate` header of a 401 (RFC 6750 §3).
+    pub www_authenticate: Option<&'static str>,
 }
 
 impl Reply {
@@ -48,6 +51,7 @@ impl Reply {
             content_type: "application/json",
             body,
             allow: None,
+            www_authenticate: None,
         }
     }
 
@@ -56,8 +60,10 @@ impl Reply {
             error.status(),
             &serde_json::json!({ "error": error.to_string() }),
         );
-        if let ApiError::MethodNotAllowed { allow, .. } = error {
-            reply.allow = Some(*allow);
+        match error {
+            ApiError::MethodNotAllowed { allow, .. } => reply.allow = Some(*allow),
+            ApiError::Unauthorized => reply.www_authenticate = Some(BEARER_CHALLENGE),
+            _ => {}
         }
         reply
     }
@@ -66,8 +72,12 @@ impl Reply {
 /// Everything that turns into an error reply, each with its status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("there is no {0} here (see GET /status, /metrics, /healthz)")]
+    #[error("there is no {0} here (see GET /status, /histograms, /metrics, /healthz)")]
     NotFound(String),
+    #[error("this admin API needs an Authorization: Bearer <token> header with its admin token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadWindow(String),
     #[error("{path} does not allow {method}; use {allow}")]
     MethodNotAllowed {
         method: String,
@@ -104,13 +114,15 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::NotFound(_) => 404,
+            ApiError::Unauthorized => 401,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::BodyTimeout(_) => 408,
             ApiError::BodyTooLarge => 413,
             ApiError::HeadTooLarge(_) => 431,
             ApiError::MalformedHttp(_)
             | ApiError::MalformedBody(_)
-            | ApiError::UnknownStrategy(_) => 400,
+            | ApiError::UnknownStrategy(_)
+            | ApiError::BadWindow(_) => 400,
             ApiError::Pool(PoolError::Url(_) | PoolError::Weight(_) | PoolError::Loop(_)) => 400,
             ApiError::Pool(PoolError::Duplicate(_)) => 409,
             ApiError::Pool(PoolError::Unknown(_)) => 404,
@@ -127,6 +139,7 @@ pub enum Route {
     /// `/backends/{id}`, the id as written (unparsed: a bad one is a 404).
     Backend(String),
     Strategy,
+    Histograms,
     Metrics,
     Healthz,
 }
@@ -137,6 +150,7 @@ impl Route {
             "/status" => Route::Status,
             "/backends" => Route::Backends,
             "/strategy" => Route::Strategy,
+            "/histograms" => Route::Histograms,
             "/metrics" => Route::Metrics,
             "/healthz" => Route::Healthz,
             _ => {
@@ -152,7 +166,7 @@ impl Route {
     /// The methods the route serves, as an `Allow` header value.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Status | Route::Metrics | Route::Healthz => "GET",
+            Route::Status | Route::Histograms | Route::Metrics | Route::Healthz => "GET",
             Route::Backends => "POST, DELETE",
             Route::Backend(_) => "DELETE",
             Route::Strategy => "POST",
@@ -160,28 +174,50 @@ impl Route {
     }
 }
 
-/// Answers one request; `body` is whole and within `MAX_BODY`.
-pub async fn respond(context: &AdminContext, method: &str, path: &str, body: &[u8]) -> Reply {
-    match dispatch(context, method, path, body).await {
+/// The `WWW-Authenticate` challenge of a 401.
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"percore-admin\"";
+
+/// The request as the routes see it.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The query string, without its `?`.
+    pub query: Option<&'a str>,
+    /// Whole and within `MAX_BODY`.
+    pub body: &'a [u8],
+}
+
+/// Answers one request.
+pub async fn respond(context: &AdminContext, request: Request<'_>) -> Reply {
+    match dispatch(context, request).await {
         Ok(reply) => reply,
         Err(error) => Reply::error(&error),
     }
 }
 
-async fn dispatch(
-    context: &AdminContext,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<Reply, ApiError> {
+async fn dispatch(context: &AdminContext, request: Request<'_>) -> Result<Reply, ApiError> {
+    let Request {
+        method,
+        path,
+        query,
+        body,
+    } = request;
     let route = Route::parse(path).ok_or_else(|| ApiError::NotFound(path.to_string()))?;
     match (&route, method) {
         (Route::Status, "GET") => Ok(Reply::json(200, &report::status(&context.plane))),
+        (Route::Histograms, "GET") => {
+            let window = traffic::window_from_query(query).map_err(ApiError::BadWindow)?;
+            Ok(Reply::json(
+                200,
+                &traffic::histograms(&context.plane, window),
+            ))
+        }
         (Route::Metrics, "GET") => Ok(Reply {
             status: 200,
             content_type: PROMETHEUS_CONTENT_TYPE,
             body: report::metrics(&context.plane).into_bytes(),
             allow: None,
+            www_authenticate: None,
         }),
         (Route::Healthz, "GET") => {
             if context.stopping.is_set() {
@@ -192,6 +228,7 @@ async fn dispatch(
                 content_type: "text/plain; charset=utf-8",
                 body: b"ok".to_vec(),
                 allow: None,
+                www_authenticate: None,
             })
         }
         (Route::Backends, "POST") => add_backend(context, body).await,
@@ -382,11 +419,8 @@ mod tests {
         assert_eq!(Route::parse("/backends/"), None);
         assert_eq!(Route::parse("/backends/1/x"), None);
         assert_eq!(Route::parse("/status/"), None);
-        assert_eq!(
-            Route::parse("/histograms"),
-            None,
-            "not served until latency is recorded"
-        );
+        assert_eq!(Route::parse("/histograms"), Some(Route::Histograms));
+        assert_eq!(Route::Histograms.allow(), "GET");
         assert_eq!(Route::Backends.allow(), "POST, DELETE");
     }
 
@@ -415,6 +449,9 @@ mod tests {
             body["error"],
             "/backends does not allow GET; use POST, DELETE"
         );
+        let reply = Reply::error(&ApiError::Unauthorized);
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.www_authenticate, Some(BEARER_CHALLENGE));
     }
 
     #[test]

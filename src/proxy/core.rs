@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::buffer::BufferPool;
 use crate::config::ProxySettings;
 use crate::failure_log::FailureLog;
+use crate::latency::Recorder;
 use crate::pool::{ControlPlane, LocalPool};
 use crate::sys;
 use crate::ticker::Ticker;
@@ -51,6 +52,8 @@ pub struct CoreContext {
     /// for the whole run, so it is formatted once.
     request_id_prefix: Box<[u8]>,
     pub(super) failure_log: FailureLog,
+    /// This core's latency histograms and response counts.
+    pub recorder: Recorder,
 }
 
 /// What the core's sweep knows of an open client connection.
@@ -82,6 +85,7 @@ impl CoreContext {
             plane.started.elapsed().as_nanos() as u32 ^ std::process::id().rotate_left(16);
         let request_id_prefix = request_id_prefix(started ^ unix_seconds(), pool.core());
         Rc::new(CoreContext {
+            recorder: Recorder::new(pool.core(), plane.clone()),
             open_connections: RefCell::new(HashMap::new()),
             parked_total: Cell::new(0),
             draining: Cell::new(false),

@@ -86,6 +86,9 @@ pub(super) struct Relayed {
     /// The backend answered the WebSocket offer with a 101, which went to
     /// the client: both connections now carry the new protocol.
     pub(super) switched: bool,
+    /// The final response's status, and when its head was read.
+    pub(super) status: u16,
+    pub(super) head_at: Instant,
 }
 
 /// What the download half borrows for one exchange.
@@ -119,6 +122,7 @@ struct FinalHead {
     keep_client: bool,
     /// A 101 to the WebSocket offer: no body, a tunnel follows.
     switch: bool,
+    status: u16,
 }
 
 /// A parsed head: interim or final.
@@ -131,12 +135,15 @@ impl Download<'_> {
     /// Reads the response from the backend and relays it to the client.
     pub(super) async fn run(mut self) -> Result<Relayed, DownloadError> {
         let head = self.read_final_head().await?;
+        let head_at = Instant::now();
         if head.switch {
             self.relay_switch(&head).await?;
             return Ok(Relayed {
                 upstream_reusable: false,
                 keep_client: false,
                 switched: true,
+                status: 101,
+                head_at,
             });
         }
         let clean = match head.framing {
@@ -149,6 +156,8 @@ impl Download<'_> {
             upstream_reusable: head.upstream_keep_alive && clean,
             keep_client: head.keep_client,
             switched: false,
+            status: head.status,
+            head_at,
         })
     }
 
@@ -245,6 +254,7 @@ impl Download<'_> {
                 upstream_keep_alive: head.keep_alive,
                 keep_client,
                 switch,
+                status: head.status,
             },
         }))
     }

@@ -76,6 +76,8 @@ pub(super) struct Exchange<'a> {
     pub(super) request_id: &'a [u8],
     /// Cancels the client watch; replaced after use.
     pub(super) canceller: &'a mut Canceller,
+    /// When the request's handling began, for its latency.
+    pub(super) request_started: Instant,
 }
 
 impl Exchange<'_> {
@@ -86,6 +88,7 @@ impl Exchange<'_> {
         let mut tried_count = 0;
         let mut stale_retries = 0;
         let mut resent_elsewhere = false;
+        let mut attempts = 0u32;
         let mut next = plan.first_pick.clone();
         // A body the client is still sending cannot be left unread on a
         // connection that stays open.
@@ -106,6 +109,10 @@ impl Exchange<'_> {
             };
             tried[tried_count] = backend.backend.id;
             tried_count += 1;
+            attempts += 1;
+            if attempts > 1 {
+                core.recorder.count_retry(&backend.backend);
+            }
             plan.retarget_head(self.up_head, &backend.backend);
             let counters = backend.backend.counters.core(core.core());
             // Active from the pick, so a backend being drained counts the
@@ -115,6 +122,9 @@ impl Exchange<'_> {
                 Ok(conn) => conn,
                 Err(error) => {
                     counters.failures.add(1);
+                    let timed_out = matches!(error, upstream::ConnectError::Timeout { .. });
+                    core.recorder
+                        .count_connect_error(&backend.backend, timed_out);
                     backend
                         .failed_until
                         .set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
@@ -218,6 +228,7 @@ impl Exchange<'_> {
         let mut response = core.relay_buffers.take();
         let mut out = core.buffers.take();
         let resendable = conn.reused && plan.retryable;
+        let upstream_start = Instant::now();
         let client_mid_write = self.output.mid_write_probe();
         let (download_result, upload_sent, client_ok) = {
             // Pinned where they are created: a `let` first would give each
@@ -276,9 +287,16 @@ impl Exchange<'_> {
         core.relay_buffers.give(response);
         core.buffers.give(out);
 
+        if matches!(download_result, Err(DownloadError::Timeout)) {
+            core.recorder.count_response_timeout(&backend.backend);
+        }
         match download_result {
             Ok(relayed) if relayed.switched => Forwarded::Switched(conn),
             Ok(relayed) => {
+                let upstream = relayed.head_at.saturating_duration_since(upstream_start);
+                let total = self.request_started.elapsed();
+                core.recorder
+                    .record_response(&backend.backend, relayed.status, total, upstream);
                 let reusable = (relayed.upstream_reusable && upload_sent).then_some(conn);
                 Forwarded::Done {
                     keep_client: relayed.keep_client && client_ok,

@@ -77,6 +77,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
         up_head: Vec::new(),
         canceller: Canceller::new(),
         core,
+        request_started: Instant::now(),
     };
     // A new connection starts parked: until its first bytes arrive it costs
     // a small task, not a serving one. It owes a request head from the
@@ -165,6 +166,9 @@ struct Connection {
     /// Cancels this connection's idle read or client watch; replaced after use.
     canceller: Canceller,
     core: Rc<CoreContext>,
+    /// When the current request's handling began (its first bytes read):
+    /// the start of the time it spends at the proxy.
+    request_started: Instant,
 }
 
 impl Drop for Connection {
@@ -219,6 +223,7 @@ impl Connection {
 
     /// Reads, forwards and answers one request; `false` to close the connection.
     async fn handle_request(&mut self) -> bool {
+        self.request_started = Instant::now();
         let mut plan = match self.read_head().await {
             Ok(plan) => plan,
             Err(keep_client) => return keep_client,
@@ -231,6 +236,7 @@ impl Connection {
             up_head: &mut self.up_head,
             request_id: &self.request_id,
             canceller: &mut self.canceller,
+            request_started: self.request_started,
         };
         match exchange.run(&mut plan).await {
             Outcome::Relayed { keep_client } => keep_client,
@@ -392,6 +398,8 @@ impl Connection {
         rewrite::write_local_response(&mut out, status, message, &self.request_id, close);
         let (result, out) = self.output.write_all(out).await;
         self.up_head = out;
+        let total = self.request_started.elapsed();
+        self.core.recorder.record_local(status, total);
         result.is_ok()
     }
 }
