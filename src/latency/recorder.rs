@@ -29,11 +29,18 @@ pub struct Recorder {
     sink: Sender<Interval>,
 }
 
+/// The interval being recorded. A relayed response is recorded once, in its
+/// backend's histograms; the overall ones are built at `rotate` (the
+/// responses percore answered itself, plus every backend's), so the request
+/// path pays for two histogram records rather than four.
 #[derive(Default)]
 struct Current {
-    overall: Latencies,
+    /// Responses percore answered itself (time at the proxy only).
+    local: Latencies,
     /// A handful of backends: a linear search beats hashing.
     backends: Vec<(BackendId, Latencies)>,
+    /// Kept between rotations so the overall sum reuses its buffers.
+    overall: Latencies,
 }
 
 impl Recorder {
@@ -61,7 +68,6 @@ impl Recorder {
         backend.counters.core(self.core).responses[status_class(status)].add(1);
         let (total, upstream) = (micros(total), micros(upstream));
         let mut current = self.current.borrow_mut();
-        current.overall.record(total, Some(upstream));
         let index = match current
             .backends
             .iter()
@@ -84,7 +90,7 @@ impl Recorder {
         self.plane.workers.core(self.core).local_responses[status_class(status)].add(1);
         self.current
             .borrow_mut()
-            .overall
+            .local
             .record(micros(total), None);
     }
 
@@ -115,18 +121,24 @@ impl Recorder {
     /// that had no sample in it are forgotten (a removed one stays so).
     pub fn rotate(&self, now: Instant) {
         let mut current = self.current.borrow_mut();
+        let current = &mut *current;
         current
             .backends
             .retain(|(_, latencies)| !latencies.is_empty());
-        if current.overall.is_empty() {
+        if current.local.is_empty() && current.backends.is_empty() {
             return;
+        }
+        current.overall.reset();
+        current.overall.merge(&current.local);
+        for (_, latencies) in &current.backends {
+            current.overall.merge(latencies);
         }
         let interval = Interval {
             ended: now,
             overall: current.overall.clone(),
             backends: current.backends.clone(),
         };
-        current.overall.reset();
+        current.local.reset();
         for (_, latencies) in &mut current.backends {
             latencies.reset();
         }
