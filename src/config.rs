@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::balance::StrategyKind;
+use crate::health::{HealthSettings, Thresholds};
 use crate::pool::{BackendUrlError, parse_backend_url};
 use crate::proxy::ProxySettings;
 
@@ -46,6 +47,21 @@ pub struct Config {
     #[serde(with = "duration_text")]
     pub upstream_idle_timeout: Duration,
     pub max_idle_per_backend: usize,
+    /// Active health checks: `GET` of this path on every backend.
+    pub health_path: String,
+    #[serde(with = "duration_text")]
+    pub health_interval: Duration,
+    #[serde(with = "duration_text")]
+    pub health_timeout: Duration,
+    /// Consecutive passing checks that bring a backend up.
+    pub health_rise: u32,
+    /// Consecutive failed checks that take a backend down.
+    pub health_fall: u32,
+    /// Failed requests in a row (on one core) that eject a backend; 0: off.
+    pub passive_failures: u32,
+    /// A backend that comes up ramps to its full share over this; 0: off.
+    #[serde(with = "duration_text")]
+    pub slow_start: Duration,
     /// Where the seed topology's mock backends listen when no backend is configured.
     pub mock_backends: Vec<SocketAddr>,
 }
@@ -53,6 +69,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let proxy = ProxySettings::default();
+        let health = HealthSettings::default();
         Config {
             listen: "0.0.0.0:8080".parse().expect("literal address"),
             admin: "127.0.0.1:8081".parse().expect("literal address"),
@@ -66,6 +83,13 @@ impl Default for Config {
             idle_timeout: proxy.idle_timeout,
             upstream_idle_timeout: proxy.upstream_idle_timeout,
             max_idle_per_backend: proxy.max_idle_per_backend,
+            health_path: health.path,
+            health_interval: health.interval,
+            health_timeout: health.timeout,
+            health_rise: health.thresholds.rise,
+            health_fall: health.thresholds.fall,
+            passive_failures: health.passive_failures,
+            slow_start: health.slow_start,
             mock_backends: ["127.0.0.1:8082", "127.0.0.1:8083", "127.0.0.1:8084"]
                 .map(|a| a.parse().expect("literal address"))
                 .to_vec(),
@@ -93,6 +117,8 @@ pub enum ConfigError {
     ZeroWorkers,
     #[error("{0} must be greater than zero")]
     ZeroTimeout(&'static str),
+    #[error("health_path {0:?} must start with /")]
+    HealthPath(String),
 }
 
 impl Config {
@@ -127,12 +153,39 @@ impl Config {
             ("request_head_timeout", self.request_head_timeout),
             ("idle_timeout", self.idle_timeout),
             ("upstream_idle_timeout", self.upstream_idle_timeout),
+            ("health_interval", self.health_interval),
+            ("health_timeout", self.health_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));
             }
         }
+        for (name, value) in [("health_rise", self.health_rise), ("health_fall", self.health_fall)] {
+            if value == 0 {
+                return Err(ConfigError::ZeroTimeout(name));
+            }
+        }
+        let path_ok = self.health_path.starts_with('/')
+            && self.health_path.bytes().all(|b| b.is_ascii_graphic());
+        if !path_ok {
+            return Err(ConfigError::HealthPath(self.health_path.clone()));
+        }
         Ok(())
+    }
+
+    pub fn health_settings(&self) -> HealthSettings {
+        HealthSettings {
+            path: self.health_path.clone(),
+            interval: self.health_interval,
+            timeout: self.health_timeout,
+            thresholds: Thresholds {
+                rise: self.health_rise,
+                fall: self.health_fall,
+            },
+            passive_failures: self.passive_failures,
+            slow_start: self.slow_start,
+            enabled: true,
+        }
     }
 
     pub fn proxy_settings(&self) -> ProxySettings {
@@ -212,6 +265,19 @@ mod tests {
         assert_eq!(config.connect_timeout, Duration::from_millis(250));
         assert_eq!(config.admin, Config::default().admin);
         config.validate().unwrap();
+        let config: Config = serde_json::from_str(
+            r#"{"health_path": "/ready", "health_interval": "500ms", "health_timeout": "200ms", "health_rise": 1, "health_fall": 2, "passive_failures": 0, "slow_start": "30s"}"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let health = config.health_settings();
+        assert_eq!((health.path.as_str(), health.interval, health.timeout), ("/ready", Duration::from_millis(500), Duration::from_millis(200)));
+        assert_eq!((health.thresholds.rise, health.thresholds.fall, health.passive_failures), (1, 2, 0));
+        assert_eq!(health.slow_start, Duration::from_secs(30));
+        for bad in [r#"{"health_fall": 0}"#, r#"{"health_interval": "0s"}"#, r#"{"health_path": "ready"}"#] {
+            let config: Config = serde_json::from_str(bad).unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`pool`]: authoritative backend pool (control plane) and each core's view,
 //!   linked by versioned snapshots over crossbeam channels.
 //! - [`balance`]: the `Strategy` trait and its strategies, one file each.
+//! - [`health`]: the one active prober thread, the rise/fall state machine,
+//!   passive ejection and the transitions `/status` shows.
 //! - [`upstream`]: backend connections and the per-core idle keep-alive pool.
 //! - [`buffer`]: per-core pool of I/O buffers.
 //! - [`ticker`]: coarse per-core timers for the waits every request makes.
@@ -30,6 +32,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod failure_log;
+pub mod health;
 pub mod http1;
 pub mod memory;
 pub mod metrics;

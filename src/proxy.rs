@@ -95,10 +95,6 @@ const PARKED_BUFFER: usize = 128;
 /// instead of about 4.
 const WATCH_TICKS: u32 = 20;
 
-/// A backend that refused a connection is avoided for this long, while
-/// others are available.
-const FAILED_BACKEND_PAUSE: Duration = Duration::from_secs(1);
-
 /// Response bodies are relayed through buffers of this size: a 64 KiB body
 /// and its head take one read and one write (with 64 KiB exactly, the head
 /// pushed the body's last bytes into a second read and write: 6.1 io_uring
@@ -772,9 +768,7 @@ impl Connection {
                 Ok(conn) => conn,
                 Err(error) => {
                     counters.failures.add(1);
-                    backend
-                        .failed_until
-                        .set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
+                    core.pool.record_failure(&backend, Instant::now());
                     if let Some(left_out) = core.failure_log.admit(core.ticker.now()) {
                         tracing::warn!(backend = %backend.backend.url, %error, left_out, "connect failed; trying the next backend");
                     }
@@ -787,6 +781,7 @@ impl Connection {
                     keep_client,
                     reusable,
                 } => {
+                    core.pool.record_success(&backend);
                     if let Some(conn) = reusable {
                         backend.idle.put(
                             conn,
@@ -805,7 +800,11 @@ impl Connection {
                     tried_count -= 1;
                     next = Some(backend.clone());
                 }
-                Forwarded::Stale => {
+                Forwarded::Unanswered if self.up_head.len() >= plan.head_len => {
+                    counters.failures.add(1);
+                    core.pool.record_failure(&backend, Instant::now());
+                }
+                Forwarded::Stale | Forwarded::Unanswered => {
                     counters.failures.add(1);
                     if let Some(left_out) = core.failure_log.admit(core.ticker.now()) {
                         tracing::warn!(backend = %backend.backend.url, left_out, "backend closed pooled connections before answering; 502");
@@ -822,6 +821,11 @@ impl Connection {
                     keep_client,
                 } => {
                     counters.failures.add(1);
+                    // A reset or bad response (502) or a response timeout
+                    // (504) counts against the backend; 400/408 are the client's.
+                    if status >= 502 {
+                        core.pool.record_failure(&backend, Instant::now());
+                    }
                     return Outcome::Failed {
                         status,
                         message,
@@ -853,9 +857,7 @@ impl Connection {
                 return Ok(conn);
             }
         }
-        let conn = upstream::connect(backend.backend.addr, settings.connect_timeout).await?;
-        backend.failed_until.set(None);
-        Ok(conn)
+        upstream::connect(backend.backend.addr, settings.connect_timeout).await
     }
 
     /// One exchange on one upstream connection: upload and download run
@@ -952,8 +954,7 @@ impl Connection {
             // A stale pooled connection: the request will be resent, so let
             // the head write finish (it fails at once on a closed socket) to
             // get `up_head` back rather than dropping it with the future.
-            let resend = conn.reused
-                && plan.retryable
+            let resend = plan.retryable
                 && matches!(download_result, Err(DownloadError::NoResponse(_)));
             if resend && upload_result.is_none() && progress.phase.get() == UploadPhase::Sending {
                 // Only until the head write is done: after it the upload
@@ -1015,6 +1016,7 @@ impl Connection {
                 Forwarded::Abort
             }
             Err(DownloadError::NoResponse(_)) if conn.reused && plan.retryable => Forwarded::Stale,
+            Err(DownloadError::NoResponse(_)) if plan.retryable => Forwarded::Unanswered,
             Err(error) => {
                 if !matches!(error, DownloadError::Client) {
                     self.log_failure(backend, &error, "backend failed; answered with an error");
@@ -1074,6 +1076,10 @@ enum Forwarded {
     },
     /// A reused connection closed before any response byte; safe to resend.
     Stale,
+    /// A fresh connection closed or reset before any response byte (a
+    /// backend dying with connections in its backlog); safe to resend to
+    /// another backend.
+    Unanswered,
     Failed {
         status: u16,
         message: &'static str,

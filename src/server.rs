@@ -121,11 +121,14 @@ impl Server {
             tracing::info!(backends = ?backends, "no backend configured: started the mock backends");
         }
 
-        let (plane, receivers) = ControlPlane::new(workers, config.strategy);
+        let (plane, receivers) =
+            ControlPlane::with_health(workers, config.strategy, config.health_settings());
         plane.set_own_listeners(&[proxy_addr, admin_addr]);
         for url in &backends {
             plane.add_backend(url, 1)?;
         }
+        // Backends configured at start take their full share at once.
+        plane.settle();
 
         let shutdown = Arc::new(AtomicBool::new(false));
         let settings = config.proxy_settings();
@@ -144,6 +147,10 @@ impl Server {
             };
             threads.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
+        threads.push(
+            crate::health::start_prober(plane.clone(), driver, shutdown.clone())
+                .map_err(StartError::Thread)?,
+        );
         threads.push(
             crate::admin::start(admin_listener, plane.clone(), driver, shutdown.clone())
                 .map_err(StartError::Thread)?,
