@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Idle pooled upstream connection timeout [default: 30s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub upstream_idle_timeout: Option<Duration>,
+    /// Turn the active health checks off (passive detection stays).
+    #[arg(long)]
+    pub no_health_checks: bool,
     /// Path of the active health check's GET [default: /health].
     #[arg(long, value_name = "PATH")]
     pub health_path: Option<String>,
@@ -146,6 +149,9 @@ impl ServeArgs {
             if let Some(value) = flag {
                 *setting = value;
             }
+        }
+        if self.no_health_checks {
+            config.health_checks = false;
         }
         if let Some(path) = &self.health_path {
             config.health_path = path.clone();

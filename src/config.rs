@@ -47,6 +47,9 @@ pub struct Config {
     #[serde(with = "duration_text")]
     pub upstream_idle_timeout: Duration,
     pub max_idle_per_backend: usize,
+    /// Active health checks on (the prober runs); passive detection is
+    /// governed by `passive_failures` alone.
+    pub health_checks: bool,
     /// Active health checks: `GET` of this path on every backend.
     pub health_path: String,
     #[serde(with = "duration_text")]
@@ -83,6 +86,7 @@ impl Default for Config {
             idle_timeout: proxy.idle_timeout,
             upstream_idle_timeout: proxy.upstream_idle_timeout,
             max_idle_per_backend: proxy.max_idle_per_backend,
+            health_checks: health.enabled,
             health_path: health.path,
             health_interval: health.interval,
             health_timeout: health.timeout,
@@ -184,7 +188,7 @@ impl Config {
             },
             passive_failures: self.passive_failures,
             slow_start: self.slow_start,
-            enabled: true,
+            enabled: self.health_checks,
         }
     }
 

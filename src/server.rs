@@ -147,10 +147,12 @@ impl Server {
             };
             threads.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
-        threads.push(
-            crate::health::start_prober(plane.clone(), driver, shutdown.clone())
-                .map_err(StartError::Thread)?,
-        );
+        if plane.health.settings.enabled {
+            threads.push(
+                crate::health::start_prober(plane.clone(), driver, shutdown.clone())
+                    .map_err(StartError::Thread)?,
+            );
+        }
         threads.push(
             crate::admin::start(admin_listener, plane.clone(), driver, shutdown.clone())
                 .map_err(StartError::Thread)?,
