@@ -192,7 +192,7 @@ impl HealthRecord {
         self.ejected_until = Some(now + backoff);
         self.passes = 0;
         let reason = format!(
-            "ejected for {}s after {failures} consecutive request failures",
+            "{failures} consecutive request failures (ejected for {}s)",
             backoff.as_secs()
         );
         Some(self.flip(false, reason, at, now))
