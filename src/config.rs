@@ -164,7 +164,10 @@ impl Config {
                 return Err(ConfigError::ZeroTimeout(name));
             }
         }
-        for (name, value) in [("health_rise", self.health_rise), ("health_fall", self.health_fall)] {
+        for (name, value) in [
+            ("health_rise", self.health_rise),
+            ("health_fall", self.health_fall),
+        ] {
             if value == 0 {
                 return Err(ConfigError::ZeroTimeout(name));
             }
@@ -275,10 +278,28 @@ mod tests {
         .unwrap();
         config.validate().unwrap();
         let health = config.health_settings();
-        assert_eq!((health.path.as_str(), health.interval, health.timeout), ("/ready", Duration::from_millis(500), Duration::from_millis(200)));
-        assert_eq!((health.thresholds.rise, health.thresholds.fall, health.passive_failures), (1, 2, 0));
+        assert_eq!(
+            (health.path.as_str(), health.interval, health.timeout),
+            (
+                "/ready",
+                Duration::from_millis(500),
+                Duration::from_millis(200)
+            )
+        );
+        assert_eq!(
+            (
+                health.thresholds.rise,
+                health.thresholds.fall,
+                health.passive_failures
+            ),
+            (1, 2, 0)
+        );
         assert_eq!(health.slow_start, Duration::from_secs(30));
-        for bad in [r#"{"health_fall": 0}"#, r#"{"health_interval": "0s"}"#, r#"{"health_path": "ready"}"#] {
+        for bad in [
+            r#"{"health_fall": 0}"#,
+            r#"{"health_interval": "0s"}"#,
+            r#"{"health_path": "ready"}"#,
+        ] {
             let config: Config = serde_json::from_str(bad).unwrap();
             assert!(config.validate().is_err(), "{bad}");
         }

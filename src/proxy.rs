@@ -954,8 +954,8 @@ impl Connection {
             // A stale pooled connection: the request will be resent, so let
             // the head write finish (it fails at once on a closed socket) to
             // get `up_head` back rather than dropping it with the future.
-            let resend = plan.retryable
-                && matches!(download_result, Err(DownloadError::NoResponse(_)));
+            let resend =
+                plan.retryable && matches!(download_result, Err(DownloadError::NoResponse(_)));
             if resend && upload_result.is_none() && progress.phase.get() == UploadPhase::Sending {
                 // Only until the head write is done: after it the upload
                 // waits for the (finished) download and would never end.

@@ -33,7 +33,10 @@ struct Capture;
 
 impl std::io::Write for Capture {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        logs().lock().unwrap().push_str(&String::from_utf8_lossy(bytes));
+        logs()
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(bytes));
         Ok(bytes.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -91,7 +94,11 @@ fn backend_status(server: &percore::Server, url: &str) -> Value {
         .unwrap()
 }
 
-fn restart_mock(driver: percore::config::DriverChoice, addr: std::net::SocketAddr, name: &str) -> MockBackend {
+fn restart_mock(
+    driver: percore::config::DriverChoice,
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> MockBackend {
     MockBackend::start(MockConfig {
         name: Some(name.into()),
         driver: driver_kind(driver),
@@ -378,7 +385,12 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, completed, errors, threads }
+        Load {
+            stop,
+            completed,
+            errors,
+            threads,
+        }
     }
 
     fn completed(&self) -> u64 {
@@ -395,4 +407,101 @@ impl Load {
         }
         totals(&load)
     }
+}
+
+/// CPU time (ns) the thread named `name` has run, from schedstat.
+fn thread_cpu_ns(name: &str) -> Option<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim() != name {
+                return None;
+            }
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            schedstat.split_whitespace().next()?.parse().ok()
+        })
+}
+
+/// How long a state change takes to be applied by every core, idle and
+/// under a closed-loop load; both well within one control tick or two.
+#[test]
+fn fan_out_reaches_idle_and_busy_cores_promptly() {
+    let proxy = Proxy::start(percore::config::DriverChoice::Epoll, 2);
+    let control = proxy.server.control();
+    let id = proxy.backend_id(&proxy.mocks[1].url());
+    let measure = |label: &str| {
+        let mut times: Vec<Duration> = (0..20)
+            .map(|i| {
+                let state = if i % 2 == 0 {
+                    BackendState::Down
+                } else {
+                    BackendState::Up
+                };
+                let started = Instant::now();
+                let version = control.set_state(id, state).unwrap();
+                assert!(control.wait_applied(version, Duration::from_secs(2)));
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        eprintln!(
+            "fan-out to {label} cores: median {:?}, max {:?}",
+            times[10], times[19]
+        );
+        times[10]
+    };
+    let idle = measure("idle");
+    let load = Load::start(proxy.addr(), 16);
+    assert!(wait_until(Duration::from_secs(5), || load.completed() > 500));
+    let busy = measure("busy");
+    let (completed, errors) = load.stop();
+    assert_eq!(errors, 0, "of {completed}");
+    assert!(
+        idle < Duration::from_millis(50) && busy < Duration::from_millis(50),
+        "idle {idle:?}, busy {busy:?}"
+    );
+}
+
+/// Probing 100 backends every second costs the prober thread under 1 % of
+/// a core. Slow (10 s of probing): `cargo test --test health -- --ignored`.
+#[test]
+#[ignore]
+fn probing_a_hundred_backends_costs_under_one_percent_of_a_core() {
+    let backends: Vec<RawBackend> = (0..100).map(|_| RawBackend::ok()).collect();
+    let mut config = test_config(
+        percore::config::DriverChoice::Auto,
+        backends.iter().map(RawBackend::url).collect(),
+    );
+    with_health(&mut config);
+    config.health_interval = Duration::from_secs(1);
+    config.health_timeout = Duration::from_secs(1);
+    let server = start_server(config);
+    assert!(wait_until(Duration::from_secs(5), || backends
+        .iter()
+        .all(|b| b.request_count() >= 1)));
+    let (cpu_before, started) = (thread_cpu_ns("percore-health").unwrap(), Instant::now());
+    let probes_before: usize = backends.iter().map(RawBackend::request_count).sum();
+    assert!(!wait_until(Duration::from_secs(10), || false));
+    let cpu = thread_cpu_ns("percore-health").unwrap() - cpu_before;
+    let wall = started.elapsed();
+    let probes: usize = backends
+        .iter()
+        .map(RawBackend::request_count)
+        .sum::<usize>()
+        - probes_before;
+    let share = cpu as f64 / wall.as_nanos() as f64;
+    eprintln!(
+        "prober: {probes} probes in {wall:?}, {:.1} ms CPU, {:.3} % of a core",
+        cpu as f64 / 1e6,
+        share * 100.0
+    );
+    assert!(probes >= 900, "{probes} probes");
+    assert!(share < 0.01, "{:.3} % of a core", share * 100.0);
+    assert!(
+        backends
+            .iter()
+            .all(|b| state_of(&server, &b.url()) == Some(BackendState::Up))
+    );
 }

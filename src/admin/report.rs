@@ -190,7 +190,12 @@ pub fn metrics(plane: &ControlPlane) -> String {
     let backends: Vec<(String, BackendView)> = snapshot
         .backends
         .iter()
-        .map(|(backend, state)| (backend.id.to_string(), BackendView::new(plane, backend, *state)))
+        .map(|(backend, state)| {
+            (
+                backend.id.to_string(),
+                BackendView::new(plane, backend, *state),
+            )
+        })
         .collect();
     type BackendValue = fn(&BackendView) -> u64;
     let backend_families: [(&str, &str, &str, BackendValue); 4] = [

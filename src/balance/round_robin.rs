@@ -115,7 +115,10 @@ mod tests {
     use crate::balance::testing::{Fixed, fixed};
 
     fn weighted(weights: &[u32]) -> Vec<Fixed> {
-        weights.iter().map(|&weight| Fixed { load: 0, weight }).collect()
+        weights
+            .iter()
+            .map(|&weight| Fixed { load: 0, weight })
+            .collect()
     }
 
     #[test]

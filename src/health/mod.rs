@@ -130,7 +130,11 @@ impl ControlPlane {
             record.record_probe(result, thresholds, Instant::now())?
         };
         log_flip(url, flip.up, &flip.reason);
-        let state = if flip.up { BackendState::Up } else { BackendState::Down };
+        let state = if flip.up {
+            BackendState::Up
+        } else {
+            BackendState::Down
+        };
         self.set_state(id, state)
     }
 

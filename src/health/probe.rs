@@ -1,8 +1,12 @@
-//! One active health probe: `GET <path>` on a fresh connection with
-//! `Connection: close`, a pass being a 2xx status line within the timeout.
-//! A small hand client: a probe needs only the status line, so it reads
-//! until the first line ends and drops the connection.
+//! One active health probe: `GET <path>`, a pass being a `2xx` final
+//! response within the timeout. The connection is kept for the next probe
+//! when the answer's framing allows it (Content-Length, keep-alive): a new
+//! connection per probe doubled the prober's CPU (the handshake and close on
+//! both ends of a loopback connection are charged to the prober's thread).
+//! A kept connection the backend closed meanwhile is replaced by a fresh one
+//! within the same probe, so an idle-timeout on the backend never fails one.
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,54 +14,135 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::state::{ProbeFailure, ProbeResult};
+use crate::http1::response::{self, ResponseFraming};
 
-/// A status line longer than this is malformed.
-const MAX_STATUS_LINE: usize = 1024;
+/// A health response (head and body) larger than this is read to its end
+/// only to be judged; its connection is not kept.
+const MAX_RESPONSE: usize = 16 * 1024;
+/// Header lines a health response may carry.
+const MAX_HEADERS: usize = 32;
 
-/// Probes `addr` once; never fails, the failure is the result.
-pub async fn probe(addr: SocketAddr, authority: &[u8], path: &str, timeout: Duration) -> ProbeResult {
+/// Probes `addr` once, on `kept` if given; never fails, the failure is the
+/// result. Returns the connection when it may serve the next probe.
+pub async fn probe(
+    kept: Option<TcpStream>,
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> (ProbeResult, Option<TcpStream>) {
     let at = SystemTime::now();
     let started = Instant::now();
-    let outcome = match monoio::time::timeout(timeout, exchange(addr, authority, path)).await {
-        Err(_) => Err(ProbeFailure::Timeout),
-        Ok(outcome) => outcome,
+    let attempt = async {
+        if let Some(stream) = kept {
+            match exchange(stream, request).await {
+                // Closed while idle: not the backend's health, ask again.
+                Err(Exchange::Unanswered) => {}
+                done => return done,
+            }
+        }
+        let stream = TcpStream::connect_addr(addr).await.map_err(io_failure)?;
+        exchange(stream, request).await
     };
-    ProbeResult {
+    let (outcome, reusable) = match monoio::time::timeout(timeout, attempt).await {
+        Err(_) => (Err(ProbeFailure::Timeout), None),
+        Ok(Ok((status, reusable))) => (judge(status), reusable),
+        Ok(Err(Exchange::Failed(failure))) => (Err(failure), None),
+        Ok(Err(Exchange::Unanswered)) => (Err(ProbeFailure::Io("closed before answering".into())), None),
+    };
+    let result = ProbeResult {
         outcome,
         latency: started.elapsed(),
         at,
-    }
+    };
+    (result, reusable)
 }
 
-async fn exchange(addr: SocketAddr, authority: &[u8], path: &str) -> Result<u16, ProbeFailure> {
-    let stream = TcpStream::connect_addr(addr).await.map_err(io_failure)?;
-    let mut request = Vec::with_capacity(96 + path.len());
+/// The request a probe sends, built once.
+pub fn request(authority: &[u8], path: &str) -> Vec<u8> {
+    let mut request = Vec::with_capacity(64 + authority.len() + path.len());
     request.extend_from_slice(b"GET ");
     request.extend_from_slice(path.as_bytes());
     request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     request.extend_from_slice(authority);
-    request.extend_from_slice(b"\r\nUser-Agent: percore-health\r\nConnection: close\r\n\r\n");
-    let mut stream = stream;
-    let (result, _) = stream.write_all(request).await;
-    result.map_err(io_failure)?;
-    let mut head = Vec::new();
-    loop {
-        let buf = Vec::with_capacity(512);
-        let (result, buf) = stream.read(buf).await;
-        let read = result.map_err(io_failure)?;
-        if read == 0 {
-            return parse_status_line(&head).ok_or(ProbeFailure::Malformed);
-        }
-        head.extend_from_slice(&buf[..read]);
-        if head.contains(&b'\n') || head.len() > MAX_STATUS_LINE {
-            let status = parse_status_line(&head).ok_or(ProbeFailure::Malformed)?;
-            return if (200..300).contains(&status) {
-                Ok(status)
-            } else {
-                Err(ProbeFailure::Status(status))
-            };
-        }
+    request.extend_from_slice(b"\r\nUser-Agent: percore-health\r\n\r\n");
+    request
+}
+
+fn judge(status: u16) -> Result<u16, ProbeFailure> {
+    if (200..300).contains(&status) {
+        Ok(status)
+    } else {
+        Err(ProbeFailure::Status(status))
     }
+}
+
+enum Exchange {
+    /// Closed or reset before any response byte.
+    Unanswered,
+    Failed(ProbeFailure),
+}
+
+impl From<ProbeFailure> for Exchange {
+    fn from(failure: ProbeFailure) -> Self {
+        Exchange::Failed(failure)
+    }
+}
+
+/// One request and its final response; the status and, if its framing
+/// allows, the connection for the next probe.
+async fn exchange(
+    mut stream: TcpStream,
+    request: &[u8],
+) -> Result<(u16, Option<TcpStream>), Exchange> {
+    let (result, _) = stream.write_all(request.to_vec()).await;
+    result.map_err(|_| Exchange::Unanswered)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let read = read_more(&mut stream, &mut buf).await;
+        if read == Some(0) || read.is_none() {
+            return Err(if buf.is_empty() {
+                Exchange::Unanswered
+            } else {
+                Exchange::Failed(ProbeFailure::Malformed)
+            });
+        }
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let head = match response::parse(&buf, &mut headers, false) {
+            Ok(None) if buf.len() < MAX_RESPONSE => continue,
+            Ok(Some(head)) if head.is_interim() => {
+                let head_len = head.head_len;
+                buf.drain(..head_len);
+                continue;
+            }
+            Ok(Some(head)) => head,
+            Ok(None) | Err(_) => return Err(ProbeFailure::Malformed.into()),
+        };
+        let (status, keep_alive, head_len) = (head.status, head.keep_alive, head.head_len);
+        let body = match head.framing {
+            ResponseFraming::None => 0,
+            ResponseFraming::Length(length) if head_len + length as usize <= MAX_RESPONSE => {
+                length as usize
+            }
+            // Judged by its status line; the body is not worth reading.
+            _ => return Ok((status, None)),
+        };
+        while buf.len() < head_len + body {
+            if !matches!(read_more(&mut stream, &mut buf).await, Some(1..)) {
+                return Ok((status, None));
+            }
+        }
+        let clean = keep_alive && buf.len() == head_len + body;
+        return Ok((status, clean.then_some(stream)));
+    }
+}
+
+/// Appends what one read returns; `None` on an error.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let chunk = Vec::with_capacity(2048);
+    let (result, chunk) = stream.read(chunk).await;
+    let read = result.ok()?;
+    buf.extend_from_slice(&chunk[..read]);
+    Some(read)
 }
 
 fn io_failure(error: std::io::Error) -> ProbeFailure {
@@ -68,31 +153,18 @@ fn io_failure(error: std::io::Error) -> ProbeFailure {
     }
 }
 
-/// The status of `HTTP/1.x NNN ...` ending in a line feed (RFC 9112 §4).
-fn parse_status_line(head: &[u8]) -> Option<u16> {
-    let end = head.iter().position(|&b| b == b'\n')?;
-    let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
-    let rest = line
-        .strip_prefix(b"HTTP/1.1 ")
-        .or_else(|| line.strip_prefix(b"HTTP/1.0 "))?;
-    let code = rest.get(..3)?;
-    if !code.iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|&b| b != b' ') {
-        return None;
-    }
-    std::str::from_utf8(code).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 503\r\n"), Some(503));
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK"), None, "unterminated");
-        assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH\r\n"), None);
-        assert_eq!(parse_status_line(b"HTTP/1.1 20x OK\r\n"), None);
-        assert_eq!(parse_status_line(b"HTTP/1.1 2000 OK\r\n"), None);
+    fn request_and_verdict() {
+        assert_eq!(
+            request(b"127.0.0.1:8082", "/health"),
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1:8082\r\nUser-Agent: percore-health\r\n\r\n"
+        );
+        assert_eq!(judge(204), Ok(204));
+        assert_eq!(judge(503), Err(ProbeFailure::Status(503)));
+        assert_eq!(judge(301), Err(ProbeFailure::Status(301)));
     }
 }

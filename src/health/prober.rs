@@ -16,11 +16,16 @@ use std::time::{Duration, Instant};
 use crate::pool::{BackendId, ControlPlane};
 use crate::runtime::{self, DriverKind};
 
-use super::probe::probe;
+use monoio::net::TcpStream;
 
-/// How often the prober looks for due probes, new backends and ejections:
-/// the delay of a passive ejection and of a new backend's first probe.
-const TICK: Duration = Duration::from_millis(5);
+use super::probe::{probe, request};
+
+/// The longest the prober sleeps between looks for due probes, new
+/// backends and the cores' ejections: the delay of a new backend's first
+/// probe and of an ejection reaching the other cores (the reporting core
+/// stops picking the backend at once). Each look costs a lock and a scan of
+/// the schedules, so it is not made more often than needed.
+const TICK: Duration = Duration::from_millis(20);
 
 /// Starts the prober thread; it stops when `shutdown` is set.
 pub fn start_prober(
@@ -40,11 +45,15 @@ pub fn start_prober(
 struct Schedule {
     next: Instant,
     in_flight: Rc<Cell<bool>>,
+    /// The probe's request, built once.
+    request: Rc<[u8]>,
+    /// The connection the last probe left open, for the next.
+    kept: Rc<Cell<Option<TcpStream>>>,
 }
 
 async fn run(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
     let settings = plane.health.settings.clone();
-    let path: Rc<str> = settings.path.as_str().into();
+    let path = settings.path.clone();
     let mut jitter = Jitter::seeded();
     let mut schedules: HashMap<BackendId, Schedule> = HashMap::new();
     let mut seen_version = u64::MAX;
@@ -67,6 +76,8 @@ async fn run(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
                 schedules.entry(backend.id).or_insert_with(|| Schedule {
                     next: now,
                     in_flight: Rc::new(Cell::new(false)),
+                    request: request(&backend.authority, &path).into(),
+                    kept: Rc::new(Cell::new(None)),
                 });
             }
         }
@@ -76,19 +87,25 @@ async fn run(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let Some(backend) = plane.backend(id) else { continue };
+            let Some(backend) = plane.backend(id) else {
+                continue;
+            };
             let schedule = schedules.get_mut(&id).expect("due ids come from the map");
             schedule.next = now + jitter.spread(settings.interval);
             schedule.in_flight.set(true);
-            let in_flight = schedule.in_flight.clone();
-            let (plane, path, timeout) = (plane.clone(), path.clone(), settings.timeout);
+            let (in_flight, kept) = (schedule.in_flight.clone(), schedule.kept.clone());
+            let (plane, request, timeout) = (plane.clone(), schedule.request.clone(), settings.timeout);
             monoio::spawn(async move {
-                let result = probe(backend.addr, &backend.authority, &path, timeout).await;
+                let (result, reusable) = probe(kept.take(), backend.addr, &request, timeout).await;
+                kept.set(reusable);
                 plane.record_probe(backend.id, &backend.url, &result);
                 in_flight.set(false);
             });
         }
-        monoio::time::sleep(TICK).await;
+        let next_due = schedules.values().map(|schedule| schedule.next).min();
+        let now = Instant::now();
+        let nap = next_due.map_or(TICK, |due| due.saturating_duration_since(now).min(TICK));
+        monoio::time::sleep(nap.max(Duration::from_millis(1))).await;
     }
 }
 
@@ -123,7 +140,11 @@ mod tests {
         let mut jitter = Jitter::seeded();
         let interval = Duration::from_secs(2);
         let spread: Vec<Duration> = (0..1000).map(|_| jitter.spread(interval)).collect();
-        assert!(spread.iter().all(|d| *d >= interval * 9 / 10 && *d <= interval * 11 / 10));
+        assert!(
+            spread
+                .iter()
+                .all(|d| *d >= interval * 9 / 10 && *d <= interval * 11 / 10)
+        );
         assert!(spread.iter().any(|d| *d != spread[0]), "not constant");
     }
 }

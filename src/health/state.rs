@@ -155,7 +155,11 @@ impl HealthRecord {
             at_unix_ms: unix_ms(result.at),
             error: result.outcome.as_ref().err().map(ToString::to_string),
         });
-        if self.up && self.up_since.is_some_and(|since| now - since >= EJECTION_CAP) {
+        if self.up
+            && self
+                .up_since
+                .is_some_and(|since| now - since >= EJECTION_CAP)
+        {
             self.ejections = 0;
         }
         match &result.outcome {
@@ -247,17 +251,31 @@ mod tests {
     fn falls_after_fall_failures_and_rises_after_rise_passes() {
         let mut record = HealthRecord::default();
         let now = Instant::now();
-        assert_eq!(record.record_probe(&fail(ProbeFailure::Refused), T, now), None);
-        assert_eq!(record.record_probe(&fail(ProbeFailure::Refused), T, now), None);
-        let flip = record.record_probe(&fail(ProbeFailure::Refused), T, now).unwrap();
+        assert_eq!(
+            record.record_probe(&fail(ProbeFailure::Refused), T, now),
+            None
+        );
+        assert_eq!(
+            record.record_probe(&fail(ProbeFailure::Refused), T, now),
+            None
+        );
+        let flip = record
+            .record_probe(&fail(ProbeFailure::Refused), T, now)
+            .unwrap();
         assert!(!flip.up);
         assert_eq!(flip.reason, "3 consecutive failures: connection refused");
         assert!(!record.is_up());
         // More failures while down: no second flip.
-        assert_eq!(record.record_probe(&fail(ProbeFailure::Timeout), T, now), None);
+        assert_eq!(
+            record.record_probe(&fail(ProbeFailure::Timeout), T, now),
+            None
+        );
         assert_eq!(record.record_probe(&pass(), T, now), None);
         let flip = record.record_probe(&pass(), T, now).unwrap();
-        assert_eq!((flip.up, flip.reason.as_str()), (true, "2 consecutive passing checks"));
+        assert_eq!(
+            (flip.up, flip.reason.as_str()),
+            (true, "2 consecutive passing checks")
+        );
         let transitions = record.transitions();
         assert_eq!(transitions.len(), 2);
         assert_eq!((transitions[0].from, transitions[0].to), ("up", "down"));
@@ -270,8 +288,14 @@ mod tests {
         let now = Instant::now();
         for _ in 0..10 {
             assert_eq!(record.record_probe(&pass(), T, now), None);
-            assert_eq!(record.record_probe(&fail(ProbeFailure::Status(503)), T, now), None);
-            assert_eq!(record.record_probe(&fail(ProbeFailure::Timeout), T, now), None);
+            assert_eq!(
+                record.record_probe(&fail(ProbeFailure::Status(503)), T, now),
+                None
+            );
+            assert_eq!(
+                record.record_probe(&fail(ProbeFailure::Timeout), T, now),
+                None
+            );
         }
         assert!(record.is_up() && record.transitions().is_empty());
         let last = record.last_check().unwrap();
@@ -288,7 +312,11 @@ mod tests {
         for _ in 0..6 {
             backoffs.push(record.backoff().as_secs());
             assert!(record.eject(5, SystemTime::now(), now).is_some());
-            assert_eq!(record.eject(5, SystemTime::now(), now), None, "already down");
+            assert_eq!(
+                record.eject(5, SystemTime::now(), now),
+                None,
+                "already down"
+            );
             // Passing probes within the back-off do not bring it back.
             record.record_probe(&pass(), T, now);
             assert_eq!(record.record_probe(&pass(), T, now), None);

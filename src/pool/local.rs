@@ -149,7 +149,11 @@ impl LocalPool {
     pub fn pick(&self, tried: &[BackendId], now: Instant) -> Option<Rc<LocalBackend>> {
         let backends = self.backends.borrow();
         let balancer = self.balancer.borrow();
-        let slow_start = self.passive.borrow().as_ref().map_or(Duration::ZERO, |p| p.slow_start);
+        let slow_start = self
+            .passive
+            .borrow()
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.slow_start);
         let usable = |i: usize| {
             let local: &LocalBackend = &backends[i];
             local.state.get() == BackendState::Up
@@ -157,7 +161,9 @@ impl LocalPool {
                 && !local.excluded(now)
         };
         let preferred = |i: usize| {
-            usable(i) && !self.frozen(&backends, i, &usable) && self.admitted(&backends[i], slow_start, now)
+            usable(i)
+                && !self.frozen(&backends, i, &usable)
+                && self.admitted(&backends[i], slow_start, now)
         };
         let index = balancer
             .pick(&backends, preferred)
@@ -171,7 +177,12 @@ impl LocalPool {
     /// the usable backends. A backend that stopped answering collects every
     /// request sent its way; this keeps new ones away until the prober's
     /// timeouts mark it down. Sums only when the backend passes the floor.
-    fn frozen(&self, backends: &[Rc<LocalBackend>], i: usize, usable: &impl Fn(usize) -> bool) -> bool {
+    fn frozen(
+        &self,
+        backends: &[Rc<LocalBackend>],
+        i: usize,
+        usable: &impl Fn(usize) -> bool,
+    ) -> bool {
         let load = backends[i].load();
         if load <= FROZEN_FLOOR {
             return false;
@@ -192,7 +203,9 @@ impl LocalPool {
     /// probability `t / slow_start` (at least 1 in 20), so its share grows
     /// linearly over the window.
     fn admitted(&self, local: &LocalBackend, slow_start: Duration, now: Instant) -> bool {
-        let Some(since) = local.warming_since.get() else { return true };
+        let Some(since) = local.warming_since.get() else {
+            return true;
+        };
         let elapsed = now.saturating_duration_since(since);
         if slow_start.is_zero() || elapsed >= slow_start {
             return true;
@@ -212,7 +225,9 @@ impl LocalPool {
     /// it on every core.
     pub fn record_failure(&self, backend: &LocalBackend, now: Instant) {
         let passive = self.passive.borrow();
-        let Some(link) = passive.as_ref().filter(|link| link.threshold > 0) else { return };
+        let Some(link) = passive.as_ref().filter(|link| link.threshold > 0) else {
+            return;
+        };
         let failures = backend.failures_in_row.get().saturating_add(1);
         backend.failures_in_row.set(failures);
         if failures >= link.threshold && !backend.excluded(now) {

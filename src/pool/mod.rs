@@ -307,7 +307,11 @@ impl ControlPlane {
     /// The backend with `id`, if it is in the pool.
     pub fn backend(&self, id: BackendId) -> Option<Arc<Backend>> {
         let state = self.state.lock();
-        state.backends.iter().find(|(b, _)| b.id == id).map(|(b, _)| b.clone())
+        state
+            .backends
+            .iter()
+            .find(|(b, _)| b.id == id)
+            .map(|(b, _)| b.clone())
     }
 
     pub fn contains(&self, id: BackendId) -> bool {
@@ -323,12 +327,18 @@ impl ControlPlane {
         state.version += 1;
         let slow_start = self.health.settings.slow_start;
         let now = Instant::now();
-        state.warming.retain(|_, since| now.saturating_duration_since(*since) < slow_start);
+        state
+            .warming
+            .retain(|_, since| now.saturating_duration_since(*since) < slow_start);
         let snapshot = Arc::new(PoolSnapshot {
             version: state.version,
             strategy: state.strategy,
             backends: state.backends.clone(),
-            warming: state.warming.iter().map(|(id, since)| (*id, *since)).collect(),
+            warming: state
+                .warming
+                .iter()
+                .map(|(id, since)| (*id, *since))
+                .collect(),
             passive: Some(self.health.link()),
         });
         for sender in &self.senders {
@@ -482,15 +492,23 @@ mod tests {
         assert_eq!(plane.apply_ejections(), 0, "a success broke the row");
         cores[0].record_failure(&failing, now);
         for _ in 0..4 {
-            assert_ne!(cores[0].pick(&[], now).unwrap().backend.id, failing.backend.id);
+            assert_ne!(
+                cores[0].pick(&[], now).unwrap().backend.id,
+                failing.backend.id
+            );
         }
         assert_eq!(plane.apply_ejections(), 1);
         cores[1].apply(&receivers[1].try_iter().last().unwrap());
         for _ in 0..4 {
-            assert_ne!(cores[1].pick(&[], now).unwrap().backend.id, failing.backend.id);
+            assert_ne!(
+                cores[1].pick(&[], now).unwrap().backend.id,
+                failing.backend.id
+            );
         }
         let other = cores[1].pick(&[], now).unwrap();
-        plane.set_state(other.backend.id, BackendState::Down).unwrap();
+        plane
+            .set_state(other.backend.id, BackendState::Down)
+            .unwrap();
         cores[1].apply(&receivers[1].try_iter().last().unwrap());
         assert!(cores[1].pick(&[], now).is_none(), "all down: no pick");
     }
