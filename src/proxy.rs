@@ -951,7 +951,8 @@ impl Connection {
             // The response is done (or failed). Settle the upload side:
             // `sent` = the whole request reached the backend (upstream reusable),
             // `client_ok` = the client's input is intact at a message boundary.
-            // A stale pooled connection: the request will be resent, so let
+            // A stale pooled connection, or a fresh one reset before any
+            // response byte: the request will be resent, so let
             // the head write finish (it fails at once on a closed socket) to
             // get `up_head` back rather than dropping it with the future.
             let resend =

@@ -169,7 +169,7 @@ both_drivers! {
         let counted = probes.clone();
         let backend = RawBackend::start(move |mut conn| {
             while let Some(request) = conn.read_request() {
-                let failing = request.path == "/health" && counted.fetch_add(1, Ordering::AcqRel) % 2 == 0;
+                let failing = request.path == "/health" && counted.fetch_add(1, Ordering::AcqRel).is_multiple_of(2);
                 let response: &[u8] = if failing {
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
                 } else {
@@ -242,6 +242,45 @@ both_drivers! {
         for backend in &backends {
             assert!(backend.requests().iter().all(|r| r.path == "/health"), "a request reached a down backend");
         }
+    }
+
+    fn malformed_health_answers_take_a_backend_down(driver) {
+        capture_logs();
+        let garbage = RawBackend::respond_with(&b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..]);
+        let mut config = test_config(driver, vec![garbage.url()]);
+        with_health(&mut config);
+        let server = start_server(config);
+        assert!(wait_until(Duration::from_secs(5), || state_of(&server, &garbage.url()) == Some(BackendState::Down)));
+        let lines = log_lines(&[&format!("backend {} DOWN after 3 consecutive failures: malformed response", garbage.url())]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+    }
+
+    fn added_backend_is_probed_at_once_and_removed_one_no_more(driver) {
+        let proxy = Proxy::start_with(driver, 1, |config| {
+            with_health(config);
+            config.health_interval = Duration::from_secs(30);
+        });
+        let control = proxy.server.control();
+        let added = RawBackend::ok();
+        control.add_backend(&added.url(), 1).unwrap();
+        assert!(wait_until(Duration::from_millis(500), || added.request_count() == 1), "not probed at once");
+        assert_eq!(added.requests()[0].path, "/health");
+        assert!(wait_until(Duration::from_secs(1), || backend_status(&proxy.server, &added.url())["last_check"]["ok"] == true));
+
+        let proxy = Proxy::start_with(driver, 1, |config| {
+            with_health(config);
+            config.health_interval = Duration::from_millis(50);
+        });
+        let control = proxy.server.control();
+        let (kept, removed) = (RawBackend::ok(), RawBackend::ok());
+        control.add_backend(&kept.url(), 1).unwrap();
+        let (gone, _) = control.add_backend(&removed.url(), 1).unwrap();
+        assert!(wait_until(Duration::from_secs(2), || removed.request_count() >= 2));
+        control.remove_backend(gone.id).unwrap();
+        let (kept_before, removed_before) = (kept.request_count(), removed.request_count());
+        assert!(wait_until(Duration::from_secs(5), || kept.request_count() >= kept_before + 10));
+        // At most the probe that was in flight at the removal.
+        assert!(removed.request_count() <= removed_before + 1, "{} probes after removal", removed.request_count() - removed_before);
     }
 
     fn weights_split_sequential_requests(driver) {

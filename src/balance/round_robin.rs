@@ -26,6 +26,9 @@ pub struct RoundRobin {
     cursor: SharedCursor,
     /// Backend indices in smooth weighted order; empty: plain rotation.
     sequence: Vec<u32>,
+    /// How many candidates the sequence was built for: with any other
+    /// count (a caller that did not `prepare`), plain rotation.
+    built_for: usize,
 }
 
 impl RoundRobin {
@@ -33,6 +36,7 @@ impl RoundRobin {
         RoundRobin {
             cursor,
             sequence: Vec::new(),
+            built_for: 0,
         }
     }
 
@@ -43,6 +47,7 @@ impl RoundRobin {
             .map(|c| u64::from(c.weight().max(1)))
             .collect();
         self.sequence = smooth_sequence(&weights);
+        self.built_for = candidates.len();
     }
 }
 
@@ -87,7 +92,7 @@ impl Strategy for RoundRobin {
         }
         let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
         let sequence = &self.sequence;
-        let start = if sequence.len() > 0 && sequence.iter().all(|&i| (i as usize) < count) {
+        let start = if !sequence.is_empty() && self.built_for == count {
             // Follow the sequence a little way (bounded: a long sequence of
             // ineligible backends must not cost a walk of all of it).
             let len = sequence.len();

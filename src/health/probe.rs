@@ -47,7 +47,10 @@ pub async fn probe(
         Err(_) => (Err(ProbeFailure::Timeout), None),
         Ok(Ok((status, reusable))) => (judge(status), reusable),
         Ok(Err(Exchange::Failed(failure))) => (Err(failure), None),
-        Ok(Err(Exchange::Unanswered)) => (Err(ProbeFailure::Io("closed before answering".into())), None),
+        Ok(Err(Exchange::Unanswered)) => (
+            Err(ProbeFailure::Io("closed before answering".into())),
+            None,
+        ),
     };
     let result = ProbeResult {
         outcome,

@@ -94,7 +94,8 @@ async fn run(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
             schedule.next = now + jitter.spread(settings.interval);
             schedule.in_flight.set(true);
             let (in_flight, kept) = (schedule.in_flight.clone(), schedule.kept.clone());
-            let (plane, request, timeout) = (plane.clone(), schedule.request.clone(), settings.timeout);
+            let (plane, request, timeout) =
+                (plane.clone(), schedule.request.clone(), settings.timeout);
             monoio::spawn(async move {
                 let (result, reusable) = probe(kept.take(), backend.addr, &request, timeout).await;
                 kept.set(reusable);
