@@ -512,4 +512,76 @@ mod tests {
         cores[1].apply(&receivers[1].try_iter().last().unwrap());
         assert!(cores[1].pick(&[], now).is_none(), "all down: no pick");
     }
+
+    fn one_core(backends: u64) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
+        let (plane, receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
+        for port in 0..backends {
+            plane
+                .add_backend(&format!("http://127.0.0.1:{}", 9001 + port), 1)
+                .unwrap();
+        }
+        (plane, receivers)
+    }
+
+    #[test]
+    fn a_backend_far_above_its_share_is_passed_over() {
+        let (plane, receivers) = one_core(3);
+        let local = LocalPool::new(0, plane.round_robin.clone());
+        local.apply(&receivers[0].try_iter().last().unwrap());
+        let now = Instant::now();
+        let stuck = local.pick(&[], now).unwrap();
+        let in_flight = &stuck.backend.counters.core(0).active;
+        in_flight.add(FROZEN_FLOOR);
+        // At the floor: still picked in turn.
+        assert!((0..3).any(|_| local.pick(&[], now).unwrap().backend.id == stuck.backend.id));
+        in_flight.add(1);
+        for _ in 0..9 {
+            assert_ne!(local.pick(&[], now).unwrap().backend.id, stuck.backend.id);
+        }
+        // Alone, it is still used.
+        let others: Vec<BackendId> = plane
+            .snapshot()
+            .backends
+            .iter()
+            .map(|(b, _)| b.id)
+            .filter(|id| *id != stuck.backend.id)
+            .collect();
+        assert_eq!(
+            local.pick(&others, now).unwrap().backend.id,
+            stuck.backend.id
+        );
+        in_flight.sub(FROZEN_FLOOR + 1);
+    }
+
+    #[test]
+    fn slow_start_admits_a_growing_share() {
+        let (plane, receivers) = ControlPlane::with_health(
+            1,
+            StrategyKind::RoundRobin,
+            HealthSettings {
+                slow_start: Duration::from_secs(10),
+                ..HealthSettings::default()
+            },
+        );
+        plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
+        plane.settle();
+        let (warm, _) = plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
+        let local = LocalPool::new(0, plane.round_robin.clone());
+        local.apply(&receivers[0].try_iter().last().unwrap());
+        let share_at = |offset: Duration| {
+            let now = Instant::now() + offset;
+            let picks = (0..2000)
+                .filter(|_| local.pick(&[], now).unwrap().backend.id == warm.id)
+                .count();
+            picks as f64 / 2000.0
+        };
+        let (start, middle, end) = (
+            share_at(Duration::ZERO),
+            share_at(Duration::from_secs(5)),
+            share_at(Duration::from_secs(11)),
+        );
+        assert!(start < 0.06, "{start}");
+        assert!((0.2..0.3).contains(&middle), "{middle}");
+        assert!((end - 0.5).abs() < 0.01, "{end}");
+    }
 }
