@@ -76,6 +76,7 @@ pub struct LocalPool {
     backends: RefCell<Vec<Rc<LocalBackend>>>,
     balancer: RefCell<Balancer>,
     passive: RefCell<Option<PassiveLink>>,
+    slow_start: Cell<Duration>,
     /// Drives slow start's admission (a xorshift state).
     dice: Cell<u64>,
 }
@@ -92,6 +93,7 @@ impl LocalPool {
             balancer: RefCell::new(Balancer::new(StrategyKind::default(), &round_robin)),
             round_robin,
             passive: RefCell::new(None),
+            slow_start: Cell::new(Duration::ZERO),
             dice: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (core as u64 + 1)),
         })
     }
@@ -138,36 +140,48 @@ impl LocalPool {
             *balancer = Balancer::new(snapshot.strategy, &self.round_robin);
         }
         balancer.prepare(&backends);
+        self.slow_start.set(
+            snapshot
+                .passive
+                .as_ref()
+                .map_or(Duration::ZERO, |link| link.slow_start),
+        );
         *self.passive.borrow_mut() = snapshot.passive.clone();
         self.version.set(snapshot.version);
     }
 
-    /// Picks a backend that is up, not excluded by passive detection, not in
-    /// `tried`, not frozen while others can take the load, and admitted by
-    /// slow start. `None` when every backend is down: the caller answers 503
-    /// without trying to connect.
+    /// Picks a backend that is up, not excluded by passive detection and
+    /// not in `tried`; one that the strategy chose but that is frozen (while
+    /// others can take the load) or not admitted by slow start is passed
+    /// over for the next one that is neither, if any. `None` when every
+    /// backend is down: the caller answers 503 without trying to connect.
+    ///
+    /// The checks run on the chosen backend only, not on every candidate:
+    /// least-connections already scans all of them, and a per-candidate
+    /// check doubled its cost per pick.
     pub fn pick(&self, tried: &[BackendId], now: Instant) -> Option<Rc<LocalBackend>> {
         let backends = self.backends.borrow();
         let balancer = self.balancer.borrow();
-        let slow_start = self
-            .passive
-            .borrow()
-            .as_ref()
-            .map_or(Duration::ZERO, |p| p.slow_start);
         let usable = |i: usize| {
             let local: &LocalBackend = &backends[i];
             local.state.get() == BackendState::Up
                 && !tried.contains(&local.backend.id)
                 && !local.excluded(now)
         };
-        let preferred = |i: usize| {
-            usable(i)
-                && !self.frozen(&backends, i, &usable)
-                && self.admitted(&backends[i], slow_start, now)
+        // Least-connections never chooses a backend far above its share.
+        let watch_frozen = balancer.kind() == StrategyKind::RoundRobin;
+        let welcome = |i: usize| {
+            self.admitted(&backends[i], now)
+                && !(watch_frozen && self.frozen(&backends, i, &usable))
         };
-        let index = balancer
-            .pick(&backends, preferred)
-            .or_else(|| balancer.pick(&backends, usable))?;
+        let first = balancer.pick(&backends, usable)?;
+        let index = if welcome(first) {
+            first
+        } else {
+            balancer
+                .pick(&backends, |i| i != first && usable(i) && welcome(i))
+                .unwrap_or(first)
+        };
         Some(backends[index].clone())
     }
 
@@ -202,10 +216,11 @@ impl LocalPool {
     /// Slow start: a backend that came up `t` ago admits a pick with
     /// probability `t / slow_start` (at least 1 in 20), so its share grows
     /// linearly over the window.
-    fn admitted(&self, local: &LocalBackend, slow_start: Duration, now: Instant) -> bool {
+    fn admitted(&self, local: &LocalBackend, now: Instant) -> bool {
         let Some(since) = local.warming_since.get() else {
             return true;
         };
+        let slow_start = self.slow_start.get();
         let elapsed = now.saturating_duration_since(since);
         if slow_start.is_zero() || elapsed >= slow_start {
             return true;
