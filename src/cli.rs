@@ -98,6 +98,30 @@ pub struct ServeArgs {
         value_name = "TOKEN"
     )]
     pub admin_token: Option<String>,
+    /// Turn the active health checks off (passive detection stays).
+    #[arg(long)]
+    pub no_health_checks: bool,
+    /// Path of the active health check's GET [default: /health].
+    #[arg(long, value_name = "PATH")]
+    pub health_path: Option<String>,
+    /// Time between health checks of a backend [default: 2s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub health_interval: Option<Duration>,
+    /// A health check without a 2xx within this fails [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub health_timeout: Option<Duration>,
+    /// Consecutive passing checks that bring a backend up [default: 2].
+    #[arg(long, value_name = "N")]
+    pub health_rise: Option<u32>,
+    /// Consecutive failed checks that take a backend down [default: 3].
+    #[arg(long, value_name = "N")]
+    pub health_fall: Option<u32>,
+    /// Failed requests in a row that eject a backend at once; 0: off [default: 5].
+    #[arg(long, value_name = "N")]
+    pub passive_failures: Option<u32>,
+    /// Ramp a backend that comes up to its full share over this; 0: off [default: 0].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub slow_start: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -142,6 +166,9 @@ impl ServeArgs {
                 self.upstream_idle_timeout,
                 &mut config.upstream_idle_timeout,
             ),
+            (self.health_interval, &mut config.health_interval),
+            (self.health_timeout, &mut config.health_timeout),
+            (self.slow_start, &mut config.slow_start),
         ];
         for (flag, setting) in timeouts {
             if let Some(value) = flag {
@@ -150,6 +177,22 @@ impl ServeArgs {
         }
         if let Some(token) = &self.admin_token {
             config.admin_token = Some(AdminToken::new(token)?);
+        }
+        let counts = [
+            (self.health_rise, &mut config.health_rise),
+            (self.health_fall, &mut config.health_fall),
+            (self.passive_failures, &mut config.passive_failures),
+        ];
+        for (flag, setting) in counts {
+            if let Some(value) = flag {
+                *setting = value;
+            }
+        }
+        if self.no_health_checks {
+            config.health_checks = false;
+        }
+        if let Some(path) = &self.health_path {
+            config.health_path = path.clone();
         }
         config.validate()?;
         Ok(config)
@@ -251,6 +294,12 @@ mod tests {
             "least_connections",
             "--connect-timeout",
             "200ms",
+            "--health-interval",
+            "250ms",
+            "--health-fall",
+            "4",
+            "--slow-start",
+            "10s",
         ])
         .unwrap();
         let config = cli.serve.to_config().unwrap();
@@ -258,6 +307,9 @@ mod tests {
         assert_eq!(config.workers, Some(2));
         assert_eq!(config.strategy, StrategyKind::LeastConnections);
         assert_eq!(config.connect_timeout, Duration::from_millis(200));
+        assert_eq!(config.health_interval, Duration::from_millis(250));
+        assert_eq!((config.health_fall, config.health_rise), (4, 2));
+        assert_eq!(config.slow_start, Duration::from_secs(10));
     }
 
     #[test]

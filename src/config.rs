@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::StrategyKind;
+use crate::health::{HealthSettings, Thresholds};
 use crate::pool::{BackendUrlError, parse_backend_url};
 
 /// Data-path settings, the same on every core.
@@ -115,6 +116,24 @@ pub struct Config {
     /// How long SIGTERM/SIGINT let requests in flight finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Active health checks on (the prober runs); passive detection is
+    /// governed by `passive_failures` alone.
+    pub health_checks: bool,
+    /// Active health checks: `GET` of this path on every backend.
+    pub health_path: String,
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Consecutive passing checks that bring a backend up.
+    pub health_rise: u32,
+    /// Consecutive failed checks that take a backend down.
+    pub health_fall: u32,
+    /// Failed requests in a row (on one core) that eject a backend; 0: off.
+    pub passive_failures: u32,
+    /// A backend that comes up ramps to its full share over this; 0: off.
+    #[serde(with = "humantime_serde")]
+    pub slow_start: Duration,
     /// Where the seed topology's mock backends listen when no backend is configured.
     pub mock_backends: Vec<SocketAddr>,
     /// Share the proxy's listen address with a percore already serving it
@@ -169,6 +188,7 @@ impl std::fmt::Debug for AdminToken {
 impl Default for Config {
     fn default() -> Self {
         let proxy = ProxySettings::default();
+        let health = HealthSettings::default();
         Config {
             listen: "0.0.0.0:8080".parse().expect("literal address"),
             admin: "127.0.0.1:8081".parse().expect("literal address"),
@@ -187,6 +207,14 @@ impl Default for Config {
             max_idle_per_backend: proxy.max_idle_per_backend,
             max_connections: proxy.max_connections,
             shutdown_grace: proxy.shutdown_grace,
+            health_checks: health.enabled,
+            health_path: health.path,
+            health_interval: health.interval,
+            health_timeout: health.timeout,
+            health_rise: health.thresholds.rise,
+            health_fall: health.thresholds.fall,
+            passive_failures: health.passive_failures,
+            slow_start: health.slow_start,
             mock_backends: ["127.0.0.1:8082", "127.0.0.1:8083", "127.0.0.1:8084"]
                 .map(|a| a.parse().expect("literal address"))
                 .to_vec(),
@@ -222,6 +250,8 @@ pub enum ConfigError {
     TimeoutTooLong(&'static str),
     #[error("admin_token must be 1 to 4096 visible ASCII characters, without spaces")]
     AdminToken,
+    #[error("health_path {0:?} must start with /")]
+    HealthPath(String),
 }
 
 impl Config {
@@ -263,6 +293,8 @@ impl Config {
             ("tunnel_idle_timeout", self.tunnel_idle_timeout),
             ("upstream_idle_timeout", self.upstream_idle_timeout),
             ("shutdown_grace", self.shutdown_grace),
+            ("health_interval", self.health_interval),
+            ("health_timeout", self.health_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));
@@ -274,7 +306,35 @@ impl Config {
         if let Some(token) = &self.admin_token {
             token.validate()?;
         }
+        for (name, value) in [
+            ("health_rise", self.health_rise),
+            ("health_fall", self.health_fall),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroTimeout(name));
+            }
+        }
+        let path_ok = self.health_path.starts_with('/')
+            && self.health_path.bytes().all(|b| b.is_ascii_graphic());
+        if !path_ok {
+            return Err(ConfigError::HealthPath(self.health_path.clone()));
+        }
         Ok(())
+    }
+
+    pub fn health_settings(&self) -> HealthSettings {
+        HealthSettings {
+            path: self.health_path.clone(),
+            interval: self.health_interval,
+            timeout: self.health_timeout,
+            thresholds: Thresholds {
+                rise: self.health_rise,
+                fall: self.health_fall,
+            },
+            passive_failures: self.passive_failures,
+            slow_start: self.slow_start,
+            enabled: self.health_checks,
+        }
     }
 
     pub fn proxy_settings(&self) -> ProxySettings {
@@ -349,6 +409,37 @@ mod tests {
         assert_eq!(config.connect_timeout, Duration::from_millis(250));
         assert_eq!(config.admin, Config::default().admin);
         config.validate().unwrap();
+        let config: Config = serde_json::from_str(
+            r#"{"health_path": "/ready", "health_interval": "500ms", "health_timeout": "200ms", "health_rise": 1, "health_fall": 2, "passive_failures": 0, "slow_start": "30s"}"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let health = config.health_settings();
+        assert_eq!(
+            (health.path.as_str(), health.interval, health.timeout),
+            (
+                "/ready",
+                Duration::from_millis(500),
+                Duration::from_millis(200)
+            )
+        );
+        assert_eq!(
+            (
+                health.thresholds.rise,
+                health.thresholds.fall,
+                health.passive_failures
+            ),
+            (1, 2, 0)
+        );
+        assert_eq!(health.slow_start, Duration::from_secs(30));
+        for bad in [
+            r#"{"health_fall": 0}"#,
+            r#"{"health_interval": "0s"}"#,
+            r#"{"health_path": "ready"}"#,
+        ] {
+            let config: Config = serde_json::from_str(bad).unwrap();
+            assert!(config.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

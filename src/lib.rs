@@ -21,6 +21,8 @@
 //! - [`pool`]: authoritative backend pool (control plane) and each core's view,
 //!   linked by versioned snapshots over crossbeam channels.
 //! - [`balance`]: the `Strategy` trait and its strategies, one file each.
+//! - [`health`]: the one active prober thread, the rise/fall state machine,
+//!   passive ejection and the transitions `/status` shows.
 //! - [`upstream`]: backend connections and the per-core idle keep-alive pool.
 //! - [`buffer`]: per-core pool of I/O buffers, and reads that append to one.
 //! - [`sys`]: raw socket calls monoio lacks (reset, unsent queue, peek).
@@ -43,6 +45,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod failure_log;
+pub mod health;
 pub mod http1;
 pub mod latency;
 pub mod memory;

@@ -124,11 +124,14 @@ impl Server {
             tracing::info!(backends = ?backends, "no backend configured: started the mock backends");
         }
 
-        let (plane, receivers) = ControlPlane::new(workers, config.strategy);
+        let (plane, receivers) =
+            ControlPlane::with_health(workers, config.strategy, config.health_settings());
         plane.set_own_listeners(&[proxy_addr, admin_addr]);
         for url in &backends {
             plane.add_backend(url, 1)?;
         }
+        // Backends configured at start take their full share at once.
+        plane.settle();
 
         let shutdown = Arc::new(AtomicBool::new(false));
         let drain = Arc::new(AtomicBool::new(false));
@@ -149,7 +152,14 @@ impl Server {
             };
             workers.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
-        let threads = vec![
+        let mut threads = Vec::new();
+        if plane.health.settings.enabled {
+            threads.push(
+                crate::health::start_prober(plane.clone(), driver, shutdown.clone())
+                    .map_err(StartError::Thread)?,
+            );
+        }
+        threads.push(
             crate::admin::start(
                 admin_listener,
                 plane.clone(),
@@ -158,7 +168,7 @@ impl Server {
                 shutdown.clone(),
             )
             .map_err(StartError::Thread)?,
-        ];
+        );
 
         tracing::info!(
             listen = %proxy_addr,

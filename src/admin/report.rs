@@ -8,6 +8,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::balance::StrategyKind;
+use crate::health::{LastCheck, Transition};
 use crate::metrics::WorkerStats;
 use crate::pool::{Backend, BackendId, BackendState, ControlPlane};
 
@@ -51,10 +52,10 @@ pub struct BackendView {
     pub in_flight_per_core: Vec<u64>,
     pub requests: u64,
     pub failures: u64,
-    /// Health-check fields of the contract: null until there is a health
-    /// checker to fill them.
-    pub last_check: Option<()>,
-    pub transitions: Option<()>,
+    /// The latest health check; null until the first one.
+    pub last_check: Option<LastCheck>,
+    /// The last 16 up/down flips, oldest first.
+    pub transitions: Vec<Transition>,
     /// Only in the reply to a removal: whether its in-flight requests had
     /// finished when the reply was sent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,7 +63,8 @@ pub struct BackendView {
 }
 
 impl BackendView {
-    pub fn new(backend: &Backend, state: BackendState) -> BackendView {
+    pub fn new(plane: &ControlPlane, backend: &Backend, state: BackendState) -> BackendView {
+        let (last_check, transitions) = plane.health.view(backend.id);
         let in_flight_per_core: Vec<u64> = backend
             .counters
             .iter()
@@ -77,8 +79,8 @@ impl BackendView {
             in_flight_per_core,
             requests: backend.counters.sum(|core| &core.requests),
             failures: backend.counters.sum(|core| &core.failures),
-            last_check: None,
-            transitions: None,
+            last_check,
+            transitions,
             drained: None,
         }
     }
@@ -106,7 +108,7 @@ pub fn status(plane: &ControlPlane) -> StatusDocument {
         backends: snapshot
             .backends
             .iter()
-            .map(|(backend, state)| BackendView::new(backend, *state))
+            .map(|(backend, state)| BackendView::new(plane, backend, *state))
             .collect(),
     }
 }
@@ -202,7 +204,12 @@ pub fn metrics(plane: &ControlPlane) -> String {
     let backends: Vec<(String, BackendView)> = snapshot
         .backends
         .iter()
-        .map(|(backend, state)| (backend.id.to_string(), BackendView::new(backend, *state)))
+        .map(|(backend, state)| {
+            (
+                backend.id.to_string(),
+                BackendView::new(plane, backend, *state),
+            )
+        })
         .collect();
     type BackendValue = fn(&BackendView) -> u64;
     let backend_families: [(&str, &str, &str, BackendValue); 4] = [
@@ -342,7 +349,7 @@ mod tests {
         );
         assert_eq!(first["active_per_core"], serde_json::json!([0, 2]));
         assert_eq!(first["active_connections"], 2);
-        assert!(first["last_check"].is_null() && first["transitions"].is_null());
+        assert!(first["last_check"].is_null() && first["transitions"] == serde_json::json!([]));
         assert!(first.get("drained").is_none());
         assert_eq!(document["backends"][1]["weight"], 5);
     }

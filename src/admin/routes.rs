@@ -287,7 +287,7 @@ async fn add_backend(context: &AdminContext, body: &[u8]) -> Result<Reply, ApiEr
     until_applied(context, version).await?;
     Ok(Reply::json(
         201,
-        &BackendView::new(&backend, BackendState::Up),
+        &BackendView::new(&context.plane, &backend, BackendState::Up),
     ))
 }
 
@@ -340,7 +340,7 @@ async fn remove_backend(context: &AdminContext, id: BackendId) -> Result<Reply, 
     if !drained {
         tracing::warn!(id, url = %backend.url, in_flight = backend.in_flight(), "admin: removed backend still had requests in flight after the drain timeout");
     }
-    let mut view = BackendView::new(&backend, BackendState::Draining);
+    let mut view = BackendView::new(&context.plane, &backend, BackendState::Draining);
     view.drained = Some(drained);
     Ok(Reply::json(200, &view))
 }

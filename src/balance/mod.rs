@@ -9,7 +9,7 @@ mod least_connections;
 mod round_robin;
 
 pub use least_connections::LeastConnections;
-pub use round_robin::{RoundRobin, SharedCursor};
+pub use round_robin::{RoundRobin, SharedCursor, smooth_sequence};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +96,13 @@ impl Balancer {
             StrategyKind::LeastConnections => {
                 Balancer::LeastConnections(LeastConnections::default())
             }
+        }
+    }
+
+    /// Precomputes what the strategy needs for a new set of candidates.
+    pub fn prepare<C: Candidate>(&mut self, candidates: &[C]) {
+        if let Balancer::RoundRobin(strategy) = self {
+            strategy.prepare(candidates);
         }
     }
 

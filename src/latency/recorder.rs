@@ -88,10 +88,7 @@ impl Recorder {
     #[inline]
     pub fn record_local(&self, status: u16, total: Duration) {
         self.plane.workers.core(self.core).local_responses[status_class(status)].add(1);
-        self.current
-            .borrow_mut()
-            .local
-            .record(micros(total), None);
+        self.current.borrow_mut().local.record(micros(total), None);
     }
 
     /// A request sent again, to `backend`, after a failed attempt.

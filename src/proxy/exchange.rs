@@ -21,10 +21,6 @@ use crate::pool::{BackendId, LocalBackend, MAX_ATTEMPTS};
 use crate::ticker::TICK;
 use crate::upstream::{self, UpstreamConn};
 
-/// A backend that refused a connection is avoided for this long, while
-/// others are available.
-const FAILED_BACKEND_PAUSE: Duration = Duration::from_secs(1);
-
 /// How an exchange ended.
 pub(super) enum Outcome {
     /// The response was relayed in full.
@@ -125,9 +121,8 @@ impl Exchange<'_> {
                     let timed_out = matches!(error, upstream::ConnectError::Timeout { .. });
                     core.recorder
                         .count_connect_error(&backend.backend, timed_out);
-                    backend
-                        .failed_until
-                        .set(Some(Instant::now() + FAILED_BACKEND_PAUSE));
+                    // Passive detection: enough failures in a row eject it.
+                    core.pool.record_failure(&backend, Instant::now());
                     if let Some(left_out) = core.failure_log.admit(core.ticker.now()) {
                         tracing::warn!(backend = %backend.backend.url, %error, left_out, "connect failed; trying the next backend");
                     }
@@ -140,6 +135,7 @@ impl Exchange<'_> {
                     keep_client,
                     reusable,
                 } => {
+                    core.pool.record_success(&backend);
                     if let Some(conn) = reusable {
                         let max_idle = core.settings.max_idle_per_backend;
                         backend.idle.put(conn, core.ticker.now(), max_idle);
@@ -168,6 +164,7 @@ impl Exchange<'_> {
                     // HAProxy's `retry-on` do: more would turn one bad
                     // request into a storm.
                     counters.failures.add(1);
+                    core.pool.record_failure(&backend, Instant::now());
                     resent_elsewhere = true;
                     if let Some(left_out) = core.failure_log.admit(core.ticker.now()) {
                         tracing::warn!(backend = %backend.backend.url, left_out, "backend closed the connection before answering; resending on another backend");
@@ -181,7 +178,9 @@ impl Exchange<'_> {
                     return failed(502, "backend closed the connection", plan.keep_alive);
                 }
                 Forwarded::Failed(outcome) => {
+                    // A reset, a broken or cut response, a response timeout.
                     counters.failures.add(1);
+                    core.pool.record_failure(&backend, Instant::now());
                     return outcome;
                 }
                 Forwarded::ClientEnded(outcome) => return outcome,
@@ -209,9 +208,7 @@ impl Exchange<'_> {
                 return Ok(conn);
             }
         }
-        let conn = upstream::connect(backend.backend.addr, settings.connect_timeout).await?;
-        backend.failed_until.set(None);
-        Ok(conn)
+        upstream::connect(backend.backend.addr, settings.connect_timeout).await
     }
 
     /// One attempt on one upstream connection: upload and download run

@@ -98,7 +98,9 @@ pub fn init_logging() {
 // Proxy and mock backends
 // ---------------------------------------------------------------------------
 
-/// A config for tests: everything on 127.0.0.1 port 0, `WORKERS` cores.
+/// A config for tests: everything on 127.0.0.1 port 0, `WORKERS` cores, no
+/// active health checks (their probes would count as backend requests);
+/// `tests/health.rs` turns them on.
 pub fn test_config(driver: DriverChoice, backends: Vec<String>) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -108,6 +110,7 @@ pub fn test_config(driver: DriverChoice, backends: Vec<String>) -> Config {
         driver,
         connect_timeout: Duration::from_secs(2),
         mock_backends: vec![],
+        health_checks: false,
         ..Config::default()
     }
 }

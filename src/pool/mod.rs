@@ -8,9 +8,10 @@
 //! so a caller (admin API, health checker) can wait until every core routes by
 //! it. Requests already in flight keep the backend they picked.
 
-use std::cell::{Cell, RefCell};
+mod local;
+
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +19,12 @@ use crossbeam::channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::balance::{Balancer, Candidate, SharedCursor, Strategy, StrategyKind};
+pub use local::{FROZEN_FACTOR, FROZEN_FLOOR, LocalBackend, LocalPool, MAX_ATTEMPTS};
+
+use crate::balance::{SharedCursor, StrategyKind};
+use crate::health::{HealthBoard, HealthSettings, PassiveLink};
 use crate::latency::LatencyWindows;
 use crate::metrics::{BackendCounters, PerCore, WorkerStats};
-use crate::upstream::IdleConnections;
 
 pub type BackendId = u64;
 
@@ -60,6 +63,11 @@ pub struct PoolSnapshot {
     pub version: u64,
     pub strategy: StrategyKind,
     pub backends: Vec<(Arc<Backend>, BackendState)>,
+    /// Backends in slow start, with when they came up.
+    pub warming: Vec<(BackendId, Instant)>,
+    /// Passive detection's settings and channel; `None` in snapshots made
+    /// for reports.
+    pub passive: Option<PassiveLink>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -125,6 +133,8 @@ struct PoolState {
     strategy: StrategyKind,
     backends: Vec<(Arc<Backend>, BackendState)>,
     next_id: BackendId,
+    /// When each backend last came up or joined, while within slow start.
+    warming: HashMap<BackendId, Instant>,
 }
 
 /// The authoritative pool, owned by the control plane.
@@ -140,6 +150,8 @@ pub struct ControlPlane {
     own_listeners: Mutex<Vec<SocketAddr>>,
     /// The cores' latency intervals, merged when read.
     pub latency: LatencyWindows,
+    /// Health records, settings and the passive-ejection channel.
+    pub health: HealthBoard,
 }
 
 impl ControlPlane {
@@ -147,6 +159,15 @@ impl ControlPlane {
     pub fn new(
         cores: usize,
         strategy: StrategyKind,
+    ) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
+        ControlPlane::with_health(cores, strategy, HealthSettings::default())
+    }
+
+    /// As `new`, with health-check settings.
+    pub fn with_health(
+        cores: usize,
+        strategy: StrategyKind,
+        health: HealthSettings,
     ) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| crossbeam::channel::unbounded()).unzip();
@@ -156,6 +177,7 @@ impl ControlPlane {
                 strategy,
                 backends: Vec::new(),
                 next_id: 1,
+                warming: HashMap::new(),
             }),
             senders,
             workers: PerCore::new(cores),
@@ -163,6 +185,7 @@ impl ControlPlane {
             round_robin: SharedCursor::default(),
             own_listeners: Mutex::new(Vec::new()),
             latency: LatencyWindows::default(),
+            health: HealthBoard::new(health),
         };
         (Arc::new(plane), receivers)
     }
@@ -221,6 +244,7 @@ impl ControlPlane {
         });
         state.next_id += 1;
         state.backends.push((backend.clone(), BackendState::Up));
+        state.warming.insert(backend.id, Instant::now());
         let version = self.publish(&mut state);
         Ok((backend, version))
     }
@@ -234,6 +258,7 @@ impl ControlPlane {
             .position(|(b, _)| b.id == id)
             .ok_or_else(|| PoolError::Unknown(id.to_string()))?;
         let (backend, _) = state.backends.remove(index);
+        state.warming.remove(&id);
         let version = self.publish(&mut state);
         Ok((backend, version))
     }
@@ -246,6 +271,9 @@ impl ControlPlane {
             return Some(state.version);
         }
         entry.1 = new_state;
+        if new_state == BackendState::Up {
+            state.warming.insert(id, Instant::now());
+        }
         Some(self.publish(&mut state))
     }
 
@@ -256,6 +284,14 @@ impl ControlPlane {
         (previous, self.publish(&mut state))
     }
 
+    /// Ends slow start for every backend: those configured at start take
+    /// their full share at once.
+    pub fn settle(&self) -> u64 {
+        let mut state = self.state.lock();
+        state.warming.clear();
+        self.publish(&mut state)
+    }
+
     /// The current state, as a snapshot (for status reports).
     pub fn snapshot(&self) -> PoolSnapshot {
         let state = self.state.lock();
@@ -263,16 +299,51 @@ impl ControlPlane {
             version: state.version,
             strategy: state.strategy,
             backends: state.backends.clone(),
+            warming: Vec::new(),
+            passive: None,
         }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.state.lock().version
+    }
+
+    /// The backend with `id`, if it is in the pool.
+    pub fn backend(&self, id: BackendId) -> Option<Arc<Backend>> {
+        let state = self.state.lock();
+        state
+            .backends
+            .iter()
+            .find(|(b, _)| b.id == id)
+            .map(|(b, _)| b.clone())
+    }
+
+    pub fn contains(&self, id: BackendId) -> bool {
+        self.backend(id).is_some()
+    }
+
+    pub fn url_of(&self, id: BackendId) -> Option<String> {
+        self.backend(id).map(|b| b.url.clone())
     }
 
     /// Bumps the version and sends the new snapshot to every core.
     fn publish(&self, state: &mut PoolState) -> u64 {
         state.version += 1;
+        let slow_start = self.health.settings.slow_start;
+        let now = Instant::now();
+        state
+            .warming
+            .retain(|_, since| now.saturating_duration_since(*since) < slow_start);
         let snapshot = Arc::new(PoolSnapshot {
             version: state.version,
             strategy: state.strategy,
             backends: state.backends.clone(),
+            warming: state
+                .warming
+                .iter()
+                .map(|(id, since)| (*id, *since))
+                .collect(),
+            passive: Some(self.health.link()),
         });
         for sender in &self.senders {
             // A core that has exited (shutdown) has dropped its receiver: nothing to update.
@@ -301,120 +372,6 @@ impl ControlPlane {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-    }
-}
-
-/// A backend as one core sees it: shared identity plus this core's idle
-/// upstream connections and passive-failure mark.
-pub struct LocalBackend {
-    pub backend: Arc<Backend>,
-    pub state: Cell<BackendState>,
-    pub idle: IdleConnections,
-    /// After a connect failure the backend is skipped until then, unless no
-    /// other backend is left (as nginx's `max_fails=1 fail_timeout`).
-    pub failed_until: Cell<Option<Instant>>,
-}
-
-impl Candidate for Rc<LocalBackend> {
-    #[inline]
-    fn load(&self) -> u64 {
-        self.backend.in_flight()
-    }
-
-    #[inline]
-    fn weight(&self) -> u32 {
-        self.backend.weight
-    }
-}
-
-/// One core's view of the pool, applied from snapshots.
-pub struct LocalPool {
-    core: usize,
-    round_robin: SharedCursor,
-    version: Cell<u64>,
-    backends: RefCell<Vec<Rc<LocalBackend>>>,
-    balancer: RefCell<Balancer>,
-}
-
-/// A pick bounded to `MAX_ATTEMPTS` backends per request.
-pub const MAX_ATTEMPTS: usize = 64;
-
-impl LocalPool {
-    pub fn new(core: usize, round_robin: SharedCursor) -> Rc<LocalPool> {
-        Rc::new(LocalPool {
-            core,
-            version: Cell::new(0),
-            backends: RefCell::new(Vec::new()),
-            balancer: RefCell::new(Balancer::new(StrategyKind::default(), &round_robin)),
-            round_robin,
-        })
-    }
-
-    pub fn core(&self) -> usize {
-        self.core
-    }
-
-    pub fn version(&self) -> u64 {
-        self.version.get()
-    }
-
-    /// Applies a snapshot newer than the current view, keeping the idle
-    /// connections of backends that stay.
-    pub fn apply(&self, snapshot: &PoolSnapshot) {
-        if snapshot.version <= self.version.get() {
-            return;
-        }
-        let mut backends = self.backends.borrow_mut();
-        let previous = std::mem::take(&mut *backends);
-        for (backend, state) in &snapshot.backends {
-            let local = match previous.iter().find(|local| local.backend.id == backend.id) {
-                Some(local) => local.clone(),
-                None => Rc::new(LocalBackend {
-                    backend: backend.clone(),
-                    state: Cell::new(*state),
-                    idle: IdleConnections::default(),
-                    failed_until: Cell::new(None),
-                }),
-            };
-            local.state.set(*state);
-            backends.push(local);
-        }
-        if self.balancer.borrow().kind() != snapshot.strategy {
-            *self.balancer.borrow_mut() = Balancer::new(snapshot.strategy, &self.round_robin);
-        }
-        self.version.set(snapshot.version);
-    }
-
-    /// Picks a backend that is up, not in `tried`, and preferably not marked
-    /// failed. `tried` holds ids already attempted for this request.
-    pub fn pick(&self, tried: &[BackendId], now: Instant) -> Option<Rc<LocalBackend>> {
-        let backends = self.backends.borrow();
-        let balancer = self.balancer.borrow();
-        let usable = |i: usize, avoid_failed: bool| {
-            let local: &LocalBackend = &backends[i];
-            local.state.get() == BackendState::Up
-                && !tried.contains(&local.backend.id)
-                && !(avoid_failed && local.failed_until.get().is_some_and(|until| until > now))
-        };
-        let index = balancer
-            .pick(&backends, |i| usable(i, true))
-            .or_else(|| balancer.pick(&backends, |i| usable(i, false)))?;
-        Some(backends[index].clone())
-    }
-
-    /// Drops idle upstream connections older than `idle_timeout`.
-    pub fn prune_idle(&self, now: Instant, idle_timeout: Duration) {
-        for local in self.backends.borrow().iter() {
-            local.idle.prune(now, idle_timeout);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.backends.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -520,20 +477,121 @@ mod tests {
     }
 
     #[test]
-    fn failed_backends_are_avoided_while_others_remain() {
-        let (plane, receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
+    fn passive_failures_exclude_at_once_and_eject_everywhere() {
+        let (plane, receivers) = ControlPlane::new(2, StrategyKind::RoundRobin);
         plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
         plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
+        let cores: Vec<_> = (0..2)
+            .map(|core| {
+                let local = LocalPool::new(core, plane.round_robin.clone());
+                local.apply(&receivers[core].try_iter().last().unwrap());
+                local
+            })
+            .collect();
+        let now = Instant::now();
+        let failing = cores[0].pick(&[], now).unwrap();
+        for _ in 0..4 {
+            cores[0].record_failure(&failing, now);
+        }
+        cores[0].record_success(&failing);
+        for _ in 0..4 {
+            cores[0].record_failure(&failing, now);
+        }
+        assert_eq!(plane.apply_ejections(), 0, "a success broke the row");
+        cores[0].record_failure(&failing, now);
+        for _ in 0..4 {
+            assert_ne!(
+                cores[0].pick(&[], now).unwrap().backend.id,
+                failing.backend.id
+            );
+        }
+        assert_eq!(plane.apply_ejections(), 1);
+        cores[1].apply(&receivers[1].try_iter().last().unwrap());
+        for _ in 0..4 {
+            assert_ne!(
+                cores[1].pick(&[], now).unwrap().backend.id,
+                failing.backend.id
+            );
+        }
+        let other = cores[1].pick(&[], now).unwrap();
+        plane
+            .set_state(other.backend.id, BackendState::Down)
+            .unwrap();
+        cores[1].apply(&receivers[1].try_iter().last().unwrap());
+        assert!(cores[1].pick(&[], now).is_none(), "all down: no pick");
+    }
+
+    fn one_core(backends: u64) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
+        let (plane, receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
+        for port in 0..backends {
+            plane
+                .add_backend(&format!("http://127.0.0.1:{}", 9001 + port), 1)
+                .unwrap();
+        }
+        (plane, receivers)
+    }
+
+    #[test]
+    fn a_backend_far_above_its_share_is_passed_over() {
+        let (plane, receivers) = one_core(3);
         let local = LocalPool::new(0, plane.round_robin.clone());
         local.apply(&receivers[0].try_iter().last().unwrap());
         let now = Instant::now();
-        let first = local.pick(&[], now).unwrap();
-        first.failed_until.set(Some(now + Duration::from_secs(1)));
-        for _ in 0..3 {
-            assert_ne!(local.pick(&[], now).unwrap().backend.id, first.backend.id);
+        let stuck = local.pick(&[], now).unwrap();
+        let in_flight = &stuck.backend.counters.core(0).in_flight;
+        in_flight.add(FROZEN_FLOOR);
+        // At the floor: still picked in turn.
+        assert!((0..3).any(|_| local.pick(&[], now).unwrap().backend.id == stuck.backend.id));
+        in_flight.add(1);
+        for _ in 0..9 {
+            assert_ne!(local.pick(&[], now).unwrap().backend.id, stuck.backend.id);
         }
-        let other = local.pick(&[], now).unwrap();
-        other.failed_until.set(Some(now + Duration::from_secs(1)));
-        assert!(local.pick(&[], now).is_some(), "all failed: still try one");
+        // Alone, it is still used.
+        let others: Vec<BackendId> = plane
+            .snapshot()
+            .backends
+            .iter()
+            .map(|(b, _)| b.id)
+            .filter(|id| *id != stuck.backend.id)
+            .collect();
+        assert_eq!(
+            local.pick(&others, now).unwrap().backend.id,
+            stuck.backend.id
+        );
+        in_flight.sub(FROZEN_FLOOR + 1);
+    }
+
+    #[test]
+    fn slow_start_admits_a_growing_share() {
+        let (plane, receivers) = ControlPlane::with_health(
+            1,
+            StrategyKind::RoundRobin,
+            HealthSettings {
+                slow_start: Duration::from_secs(10),
+                ..HealthSettings::default()
+            },
+        );
+        plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
+        plane.settle();
+        let (warm, _) = plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
+        let local = LocalPool::new(0, plane.round_robin.clone());
+        local.apply(&receivers[0].try_iter().last().unwrap());
+        let share_at = |offset: Duration| {
+            let now = Instant::now() + offset;
+            let picks = (0..2000)
+                .filter(|_| local.pick(&[], now).unwrap().backend.id == warm.id)
+                .count();
+            picks as f64 / 2000.0
+        };
+        let (start, middle, end) = (
+            share_at(Duration::ZERO),
+            share_at(Duration::from_secs(5)),
+            share_at(Duration::from_secs(11)),
+        );
+        assert!(start < 0.06, "{start}");
+        // Half-way, admitted half the time: a turn it declines goes to
+        // the other backend, so its share is p / (1 + p) of the picks.
+        assert!((0.3..0.37).contains(&middle), "{middle}");
+        assert!((end - 0.5).abs() < 0.01, "{end}");
     }
 }

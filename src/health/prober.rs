@@ -1,0 +1,155 @@
+//! The process's one active prober: its own unpinned thread with its own
+//! monoio runtime (never a task on a worker core), probing every backend
+//! every `interval` with a little jitter so many backends' probes spread
+//! out, one task per probe so a frozen backend delays nothing else. Each
+//! tick it also applies the passive ejections the cores reported and picks
+//! up backends added or removed at run time (a new one is probed at once).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::pool::{BackendId, ControlPlane};
+use crate::runtime::{self, DriverKind};
+
+use monoio::net::TcpStream;
+
+use super::probe::{probe, request};
+
+/// The longest the prober sleeps between looks for due probes, new
+/// backends and the cores' ejections: the delay of a new backend's first
+/// probe and of an ejection reaching the other cores (the reporting core
+/// stops picking the backend at once). Each look costs a lock and a scan of
+/// the schedules, so it is not made more often than needed.
+const TICK: Duration = Duration::from_millis(20);
+/// The shortest sleep between looks.
+const BATCH: Duration = Duration::from_millis(10);
+
+/// Starts the prober thread; it stops when `shutdown` is set.
+pub fn start_prober(
+    plane: Arc<ControlPlane>,
+    driver: DriverKind,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("percore-health".into())
+        .spawn(move || {
+            if let Err(error) = runtime::block_on(driver, move || run(plane, shutdown)) {
+                tracing::error!(%error, "the health prober could not start its runtime");
+            }
+        })
+}
+
+struct Schedule {
+    next: Instant,
+    in_flight: Rc<Cell<bool>>,
+    /// The probe's request, built once.
+    request: Rc<[u8]>,
+    /// The connection the last probe left open, for the next.
+    kept: Rc<Cell<Option<TcpStream>>>,
+}
+
+async fn run(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
+    let settings = plane.health.settings.clone();
+    let path = settings.path.clone();
+    let mut jitter = Jitter::seeded();
+    let mut schedules: HashMap<BackendId, Schedule> = HashMap::new();
+    let mut seen_version = u64::MAX;
+    while !shutdown.load(Ordering::Acquire) {
+        plane.apply_ejections();
+        let now = Instant::now();
+        if plane.version() != seen_version {
+            let snapshot = plane.snapshot();
+            seen_version = snapshot.version;
+            // A removed backend stops being probed; its record goes (after
+            // the admin API's reply to the removal has shown it).
+            schedules.retain(|id, _| {
+                let kept = snapshot.backends.iter().any(|(b, _)| b.id == *id);
+                if !kept {
+                    plane.health.forget(*id);
+                }
+                kept
+            });
+            for (backend, _) in &snapshot.backends {
+                schedules.entry(backend.id).or_insert_with(|| Schedule {
+                    next: now,
+                    in_flight: Rc::new(Cell::new(false)),
+                    request: request(&backend.authority, &path).into(),
+                    kept: Rc::new(Cell::new(None)),
+                });
+            }
+        }
+        let due: Vec<BackendId> = schedules
+            .iter()
+            .filter(|(_, schedule)| schedule.next <= now && !schedule.in_flight.get())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(backend) = plane.backend(id) else {
+                continue;
+            };
+            let schedule = schedules.get_mut(&id).expect("due ids come from the map");
+            schedule.next = now + jitter.spread(settings.interval);
+            schedule.in_flight.set(true);
+            let (in_flight, kept) = (schedule.in_flight.clone(), schedule.kept.clone());
+            let (plane, request, timeout) =
+                (plane.clone(), schedule.request.clone(), settings.timeout);
+            monoio::spawn(async move {
+                let (result, reusable) = probe(kept.take(), backend.addr, &request, timeout).await;
+                kept.set(reusable);
+                plane.record_probe(backend.id, &backend.url, &result);
+                in_flight.set(false);
+            });
+        }
+        let next_due = schedules.values().map(|schedule| schedule.next).min();
+        let now = Instant::now();
+        let nap = next_due.map_or(TICK, |due| due.saturating_duration_since(now).min(TICK));
+        // Probes due within a few milliseconds of each other go out on one
+        // wake-up: fewer wake-ups and ring submissions per probe.
+        monoio::time::sleep(nap.max(BATCH)).await;
+    }
+}
+
+/// ±10 % of the interval, from a xorshift generator: probes of backends
+/// added together drift apart instead of firing in one burst.
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded() -> Jitter {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| since.subsec_nanos() as u64);
+        Jitter(nanos | 1)
+    }
+
+    fn spread(&mut self, interval: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        // A factor in 0.9..1.1, in thousandths.
+        let permille = 900 + (self.0 % 201);
+        interval * permille as u32 / 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let mut jitter = Jitter::seeded();
+        let interval = Duration::from_secs(2);
+        let spread: Vec<Duration> = (0..1000).map(|_| jitter.spread(interval)).collect();
+        assert!(
+            spread
+                .iter()
+                .all(|d| *d >= interval * 9 / 10 && *d <= interval * 11 / 10)
+        );
+        assert!(spread.iter().any(|d| *d != spread[0]), "not constant");
+    }
+}
