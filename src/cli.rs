@@ -139,7 +139,7 @@ impl ServeArgs {
         }
         config.handover |= self.handover;
         if !self.backends.is_empty() {
-            config.backends = self.backends.clone();
+            config.backends = self.backends.iter().cloned().map(Into::into).collect();
         }
         if let Some(strategy) = self.strategy {
             config.strategy = strategy;
@@ -249,6 +249,8 @@ pub enum CtlCommand {
         /// round_robin, least_connections, ...
         name: String,
     },
+    /// Reread the proxy's configuration file, as SIGHUP does.
+    Reload,
     /// Latency percentiles and distribution, overall and per backend.
     Histograms {
         /// 1s, 10s, 60s or all.

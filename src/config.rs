@@ -87,8 +87,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin API listener.
     pub admin: SocketAddr,
-    /// Backend URLs (`http://host:port`). Empty: start the three mock backends.
-    pub backends: Vec<String>,
+    /// Backends: `"http://host:port"`, or `{"url": ..., "weight": N}`.
+    /// Empty: start the three mock backends.
+    pub backends: Vec<BackendEntry>,
     pub strategy: StrategyKind,
     /// Worker threads; `None`: one per core in the process's affinity mask.
     pub workers: Option<usize>,
@@ -141,6 +142,49 @@ pub struct Config {
     pub handover: bool,
     /// When set, every admin request must carry `Authorization: Bearer <token>`.
     pub admin_token: Option<AdminToken>,
+}
+
+/// A configured backend: its URL, or its URL and weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BackendEntry {
+    Url(String),
+    Weighted(WeightedBackend),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedBackend {
+    pub url: String,
+    pub weight: u32,
+}
+
+impl BackendEntry {
+    pub fn url(&self) -> &str {
+        match self {
+            BackendEntry::Url(url) | BackendEntry::Weighted(WeightedBackend { url, .. }) => url,
+        }
+    }
+
+    /// Its share of the load; 1 unless given.
+    pub fn weight(&self) -> u32 {
+        match self {
+            BackendEntry::Url(_) => 1,
+            BackendEntry::Weighted(backend) => backend.weight,
+        }
+    }
+}
+
+impl From<String> for BackendEntry {
+    fn from(url: String) -> Self {
+        BackendEntry::Url(url)
+    }
+}
+
+impl From<&str> for BackendEntry {
+    fn from(url: &str) -> Self {
+        BackendEntry::Url(url.to_string())
+    }
 }
 
 /// The admin API's bearer token. Its `Debug` is redacted, so the token never
@@ -240,6 +284,8 @@ pub enum ConfigError {
     BackendUrl(#[from] BackendUrlError),
     #[error("duplicate backend {0}")]
     DuplicateBackend(String),
+    #[error("backend {0}: weight {1} is not between 1 and 1000")]
+    Weight(String, u32),
     #[error("max_connections must be at least 1")]
     ZeroMaxConnections,
     #[error("workers must be at least 1")]
@@ -276,10 +322,13 @@ impl Config {
             return Err(ConfigError::ZeroMaxConnections);
         }
         let mut seen = Vec::new();
-        for url in &self.backends {
-            let (canonical, _, _) = parse_backend_url(url)?;
+        for backend in &self.backends {
+            let (canonical, _, _) = parse_backend_url(backend.url())?;
             if seen.contains(&canonical) {
                 return Err(ConfigError::DuplicateBackend(canonical));
+            }
+            if !(1..=1000).contains(&backend.weight()) {
+                return Err(ConfigError::Weight(canonical, backend.weight()));
             }
             seen.push(canonical);
         }

@@ -35,6 +35,7 @@
 //! - [`admin`]: the admin API on the control plane.
 //! - [`mock_backend`]: the mock backends used by the demo, tests and benches.
 //! - [`signals`]: SIGTERM/SIGINT drain gracefully, SIGHUP reloads.
+//! - [`reload`]: rereading the configuration while running.
 //! - [`ctl`]: `percore ctl`, the operator's client of the admin API.
 
 pub mod accept;
@@ -53,6 +54,7 @@ pub mod metrics;
 pub mod mock_backend;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod signals;
@@ -64,14 +66,19 @@ pub mod worker;
 pub use config::Config;
 pub use server::{Server, StartError};
 
-/// Starts the topology and serves until a signal drains it.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Starts the topology and serves until a signal drains it; `source`
+/// rereads the configuration for a reload (SIGHUP, `POST /reload`).
+pub fn run(config: Config, source: reload::ConfigSource) -> Result<(), StartError> {
     server::raise_fd_limit();
     let caught = signals::catch().map_err(StartError::Thread)?;
     let grace = config.shutdown_grace;
+    let reloader = reload::Reloader::new(source, config.clone());
     let server = Server::start(config)?;
-    let reload =
-        || tracing::warn!("reloading the configuration is not supported yet; nothing changed");
+    let plane = server.control().clone();
+    let _ = plane.reloader.set(reloader.clone());
+    let reload = move || {
+        let _ = reloader.reload(&plane);
+    };
     caught
         .handle(server.drain_handle(), grace, reload)
         .map_err(StartError::Thread)?;

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
         Some(Command::Ctl(args)) => return percore::ctl::run(args),
         Some(Command::Backend(args)) => run_backend(args),
         None => match cli.serve.to_config() {
-            Ok(config) => percore::run(config).map_err(|error| error.to_string()),
+            Ok(config) => {
+                // A reload reads the file again and applies the same flags.
+                let serve = cli.serve;
+                let source = Box::new(move || serve.to_config());
+                percore::run(config, source).map_err(|error| error.to_string())
+            }
             Err(error) => Err(error.to_string()),
         },
     };

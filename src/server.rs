@@ -118,17 +118,19 @@ impl Server {
                     ..MockConfig::new(addr)
                 })
                 .map_err(|source| StartError::MockBackend { addr, source })?;
-                backends.push(mock.url());
+                backends.push(mock.url().into());
                 mocks.push(mock);
             }
-            tracing::info!(backends = ?backends, "no backend configured: started the mock backends");
+            let urls: Vec<&str> = backends.iter().map(|b| b.url()).collect();
+            tracing::info!(backends = ?urls, "no backend configured: started the mock backends");
         }
 
         let (plane, receivers) =
             ControlPlane::with_health(workers, config.strategy, config.health_settings());
         plane.set_own_listeners(&[proxy_addr, admin_addr]);
-        for url in &backends {
-            plane.add_backend(url, 1)?;
+        plane.set_proxy_settings(config.proxy_settings());
+        for backend in &backends {
+            plane.add_backend(backend.url(), backend.weight())?;
         }
         // Backends configured at start take their full share at once.
         plane.settle();
@@ -153,7 +155,7 @@ impl Server {
             workers.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
         let mut threads = Vec::new();
-        if plane.health.settings.enabled {
+        if plane.health.settings().enabled {
             threads.push(
                 crate::health::start_prober(plane.clone(), driver, shutdown.clone())
                     .map_err(StartError::Thread)?,

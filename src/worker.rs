@@ -91,7 +91,6 @@ async fn run_core(spec: WorkerSpec) {
         plane,
         [shutdown.clone(), drain.clone()],
         canceller,
-        settings.upstream_idle_timeout,
     ));
 
     let name = format!("worker {index}");
@@ -132,7 +131,7 @@ fn admit(core: &Rc<CoreContext>, stream: TcpStream, peer: SocketAddr) {
         .core(core.pool.core())
         .accepted_connections
         .add(1);
-    if core.open_connections() >= core.settings.max_connections {
+    if core.open_connections() >= core.settings().max_connections {
         crate::sys::reset_connection(stream.as_raw_fd());
         core.count_refused_connection();
         return;
@@ -155,7 +154,7 @@ async fn drain_gracefully(
     drop(listener);
     core.start_draining();
     let open = core.open_connections();
-    let deadline = Instant::now() + core.settings.shutdown_grace;
+    let deadline = Instant::now() + core.settings().shutdown_grace;
     while core.open_connections() > 0
         && Instant::now() < deadline
         && !shutdown.load(Ordering::Acquire)
@@ -233,7 +232,6 @@ async fn control_loop(
     plane: Arc<ControlPlane>,
     [shutdown, drain]: [Arc<AtomicBool>; 2],
     canceller: Canceller,
-    upstream_idle_timeout: Duration,
 ) {
     let mut last_prune = Instant::now();
     let mut canceller = Some(canceller);
@@ -255,7 +253,7 @@ async fn control_loop(
         apply_updates(&pool, &updates, &plane);
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
-            pool.prune_idle(last_prune, upstream_idle_timeout);
+            pool.prune_idle(last_prune, pool.settings().upstream_idle_timeout);
         }
     }
 }

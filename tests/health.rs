@@ -199,7 +199,7 @@ both_drivers! {
         config.health_interval = Duration::from_secs(30);
         config.passive_failures = 3;
         let mock = start_mock(driver, "alive");
-        config.backends.push(mock.url());
+        config.backends.push(mock.url().into());
         let server = start_server(config);
         let mut client = Client::connect(server.proxy_addr());
         let started = Instant::now();
@@ -374,7 +374,7 @@ both_drivers! {
         let revived = restart_mock(driver, addr, "mock1");
         // Passive ejection (5 refused connects in a row) usually beats the
         // prober here: its 5 s back-off comes first, then rise passes.
-        assert!(wait_until(Duration::from_secs(10), || state_of(&proxy.server, &url) == Some(BackendState::Up)));
+        assert!(wait_until(Duration::from_secs(15), || state_of(&proxy.server, &url) == Some(BackendState::Up)));
         let to_up = restarted.elapsed();
         assert_eq!(revived.requests(), 0, "no request while down");
         let (others_before, completed_before) = (proxy.total_mock_requests(), load.completed());

@@ -163,7 +163,7 @@ both_drivers! {
     fn metrics_parse_and_count_what_happened(driver) {
         let refused = refused_url();
         let proxy = Proxy::start_with(driver, 2, |config| {
-            config.backends.push(refused.clone());
+            config.backends.push(refused.clone().into());
             config.response_timeout = Duration::from_millis(300);
         });
         let admin = proxy.server.admin_addr();

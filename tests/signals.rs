@@ -1,7 +1,8 @@
 //! Signals, with the real binary: SIGTERM drains (every accepted request
 //! completes, responses say `Connection: close`, the process exits 0), a
-//! second SIGTERM exits at once, and a second percore started on the same
-//! address with `--handover` takes over without a client error.
+//! second SIGTERM exits at once, a second percore started on the same
+//! address with `--handover` takes over without a client error, and SIGHUP
+//! (or `percore ctl reload`) applies a changed file under load.
 
 mod common;
 
@@ -274,4 +275,187 @@ fn a_second_percore_takes_over_the_address_without_a_client_error() {
         old.log(),
         new.log()
     );
+}
+
+fn admin_status(admin: SocketAddr) -> serde_json::Value {
+    let mut client = Client::connect(admin);
+    let response = client.get("/status");
+    assert_eq!(response.status, 200, "{}", response.head);
+    serde_json::from_slice(&response.body).expect("status is JSON")
+}
+
+fn pool_of(status: &serde_json::Value) -> Vec<(String, u64)> {
+    let mut pool: Vec<(String, u64)> = status["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["url"].as_str().unwrap().to_string(),
+                b["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    pool.sort();
+    pool
+}
+
+#[test]
+fn sighup_applies_a_changed_file_under_load_and_refuses_an_invalid_one() {
+    let (a, b, c) = (
+        start_mock(uring_choice(), "a"),
+        start_mock(uring_choice(), "b"),
+        start_mock(uring_choice(), "c"),
+    );
+    let dir = std::env::temp_dir().join(format!("percore-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("percore.json");
+    let write = |text: String| std::fs::write(&file, text).unwrap();
+    write(format!(
+        r#"{{"backends": ["{}", "{}"], "strategy": "round_robin", "health_checks": false}}"#,
+        a.url(),
+        b.url()
+    ));
+    let admin = free_addr();
+    let config = file.to_str().unwrap().to_string();
+    let listen = free_addr();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args([
+            "--config",
+            &config,
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--workers",
+            "2",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    {
+        let (stderr, log) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+    }
+    let hup = |child: &Child| {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
+            0
+        );
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || log
+            .lock()
+            .unwrap()
+            .contains("percore is serving")),
+        "{}",
+        log.lock().unwrap()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::<Result<u16, String>>::new()));
+    let load = {
+        let (stop, outcomes) = (stop.clone(), outcomes.clone());
+        std::thread::spawn(move || {
+            let mut client = Client::connect(listen);
+            while !stop.load(Ordering::Acquire) {
+                let outcome = client.try_request(&get("/r"));
+                if outcome.is_err() {
+                    client = Client::connect(listen);
+                }
+                outcomes
+                    .lock()
+                    .unwrap()
+                    .push(outcome.map(|r| r.status).map_err(|e| e.to_string()));
+            }
+        })
+    };
+    assert!(wait_until(Duration::from_secs(5), || a.requests() > 20
+        && b.requests() > 20));
+
+    // B and C (weight 2) instead of A and B; least connections; a timeout.
+    write(format!(
+        r#"{{"backends": ["{}", {{"url": "{}", "weight": 2}}], "strategy": "least_connections", "response_timeout": "30s", "health_checks": false}}"#,
+        b.url(),
+        c.url()
+    ));
+    hup(&child);
+    assert!(
+        wait_until(Duration::from_secs(5), || log
+            .lock()
+            .unwrap()
+            .contains("configuration reloaded")),
+        "{}",
+        log.lock().unwrap()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || c.requests() > 20),
+        "the added backend got no traffic"
+    );
+    let status = admin_status(admin);
+    let mut expected = vec![(b.url(), 1), (c.url(), 2)];
+    expected.sort();
+    assert_eq!(pool_of(&status), expected);
+    assert_eq!(status["strategy"], "least_connections");
+    // The removed backend drained: it gets nothing more.
+    let a_after = a.requests();
+    let c_now = c.requests();
+    assert!(wait_until(Duration::from_secs(5), || c.requests() > c_now + 20));
+    assert_eq!(
+        a.requests(),
+        a_after,
+        "the removed backend still gets requests"
+    );
+
+    // An invalid file changes nothing, and says why.
+    write("{ \"backends\": [".into());
+    hup(&child);
+    assert!(
+        wait_until(Duration::from_secs(5), || log
+            .lock()
+            .unwrap()
+            .contains("reload rejected")),
+        "{}",
+        log.lock().unwrap()
+    );
+    assert_eq!(pool_of(&admin_status(admin)).len(), 2);
+
+    // `percore ctl reload` does what SIGHUP does: weight 3 for C.
+    write(format!(
+        r#"{{"backends": ["{}", {{"url": "{}", "weight": 3}}], "strategy": "least_connections", "response_timeout": "30s", "health_checks": false}}"#,
+        b.url(),
+        c.url()
+    ));
+    let ctl = Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args(["ctl", "--admin", &admin.to_string(), "reload"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ctl.stdout);
+    assert!(
+        ctl.status.success() && said.contains("reweighted") && said.contains(&c.url()),
+        "{said}"
+    );
+    assert!(pool_of(&admin_status(admin)).contains(&(c.url(), 3)));
+
+    stop.store(true, Ordering::Release);
+    load.join().unwrap();
+    let outcomes = outcomes.lock().unwrap();
+    let failed: Vec<_> = outcomes.iter().filter(|o| *o != &Ok(200)).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the reloads: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -73,7 +73,7 @@ impl BackendView {
         BackendView {
             id: backend.id,
             url: backend.url.clone(),
-            weight: backend.weight,
+            weight: backend.weight(),
             state,
             in_flight: in_flight_per_core.iter().sum(),
             in_flight_per_core,

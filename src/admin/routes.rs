@@ -98,6 +98,10 @@ pub enum ApiError {
     Pool(#[from] PoolError),
     #[error("{0}")]
     UnknownStrategy(String),
+    #[error("reload rejected: {0}")]
+    Reload(String),
+    #[error("this percore cannot reload: it was not started from its command line")]
+    ReloadUnavailable,
     #[error(
         "pool version {version} is in place, but cores {lagging:?} did not apply it within {timeout:?}"
     )]
@@ -122,7 +126,9 @@ impl ApiError {
             ApiError::MalformedHttp(_)
             | ApiError::MalformedBody(_)
             | ApiError::UnknownStrategy(_)
+            | ApiError::Reload(_)
             | ApiError::BadWindow(_) => 400,
+            ApiError::ReloadUnavailable => 409,
             ApiError::Pool(PoolError::Url(_) | PoolError::Weight(_) | PoolError::Loop(_)) => 400,
             ApiError::Pool(PoolError::Duplicate(_)) => 409,
             ApiError::Pool(PoolError::Unknown(_)) => 404,
@@ -142,6 +148,8 @@ pub enum Route {
     Histograms,
     Metrics,
     Healthz,
+    /// Rereads the configuration, as SIGHUP does (beyond the contract).
+    Reload,
 }
 
 impl Route {
@@ -153,6 +161,7 @@ impl Route {
             "/histograms" => Route::Histograms,
             "/metrics" => Route::Metrics,
             "/healthz" => Route::Healthz,
+            "/reload" => Route::Reload,
             _ => {
                 let id = path.strip_prefix("/backends/")?;
                 if id.is_empty() || id.contains('/') {
@@ -169,7 +178,7 @@ impl Route {
             Route::Status | Route::Histograms | Route::Metrics | Route::Healthz => "GET",
             Route::Backends => "POST, DELETE",
             Route::Backend(_) => "DELETE",
-            Route::Strategy => "POST",
+            Route::Strategy | Route::Reload => "POST",
         }
     }
 }
@@ -230,6 +239,17 @@ async fn dispatch(context: &AdminContext, request: Request<'_>) -> Result<Reply,
                 allow: None,
                 www_authenticate: None,
             })
+        }
+        (Route::Reload, "POST") => {
+            let reloader = context
+                .plane
+                .reloader
+                .get()
+                .ok_or(ApiError::ReloadUnavailable)?;
+            let report = reloader
+                .reload(&context.plane)
+                .map_err(|error| ApiError::Reload(error.to_string()))?;
+            Ok(Reply::json(200, &report))
         }
         (Route::Backends, "POST") => add_backend(context, body).await,
         (Route::Backends, "DELETE") => {

@@ -93,6 +93,32 @@ pub fn execute(client: &AdminClient, command: &CtlCommand, json: bool) -> Result
                 text(&answer["previous"])
             ))
         }
+        CtlCommand::Reload => {
+            let answer = client.request("POST", "/reload", None)?;
+            if json {
+                return Ok(pretty(&answer));
+            }
+            let list = |key: &str| {
+                let names: Vec<String> = answer[key]
+                    .as_array()
+                    .map(|items| items.iter().map(text).collect())
+                    .unwrap_or_default();
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            };
+            Ok(format!(
+                "reloaded (pool version {}): added {}; removed {}; reweighted {}; settings changed {}; left as they are (not live) {}\n",
+                text(&answer["version"]),
+                list("added"),
+                list("removed"),
+                list("reweighted"),
+                list("settings"),
+                list("not_live"),
+            ))
+        }
         CtlCommand::Histograms { window } => {
             let document = client.get(&format!("/histograms?window={}", query_value(window)))?;
             if json {

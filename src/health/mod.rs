@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam::channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 pub use prober::start_prober;
 pub use state::{HealthRecord, LastCheck, ProbeResult, Thresholds, Transition};
@@ -67,7 +67,8 @@ pub struct PassiveLink {
 
 /// The control plane's health records, one per backend in the pool.
 pub struct HealthBoard {
-    pub settings: HealthSettings,
+    /// Changed by a reload; the prober reads them each round.
+    settings: RwLock<HealthSettings>,
     records: Mutex<HashMap<BackendId, HealthRecord>>,
     ejections_tx: Sender<Ejection>,
     ejections_rx: Receiver<Ejection>,
@@ -77,17 +78,29 @@ impl HealthBoard {
     pub fn new(settings: HealthSettings) -> HealthBoard {
         let (ejections_tx, ejections_rx) = crossbeam::channel::unbounded();
         HealthBoard {
-            settings,
+            settings: RwLock::new(settings),
             records: Mutex::new(HashMap::new()),
             ejections_tx,
             ejections_rx,
         }
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> HealthSettings {
+        self.settings.read().clone()
+    }
+
+    /// Replaces the settings: the prober uses them from its next round, the
+    /// cores (passive detection, slow start) from the next snapshot.
+    pub fn set_settings(&self, settings: HealthSettings) {
+        *self.settings.write() = settings;
+    }
+
     pub fn link(&self) -> PassiveLink {
+        let settings = self.settings.read();
         PassiveLink {
-            threshold: self.settings.passive_failures,
-            slow_start: self.settings.slow_start,
+            threshold: settings.passive_failures,
+            slow_start: settings.slow_start,
             ejections: self.ejections_tx.clone(),
         }
     }
@@ -119,7 +132,7 @@ impl ControlPlane {
     /// Counts a probe of backend `id`; publishes and logs a flip. Returns
     /// the new pool version when the state flipped.
     pub fn record_probe(&self, id: BackendId, url: &str, result: &ProbeResult) -> Option<u64> {
-        let thresholds = self.health.settings.thresholds;
+        let thresholds = self.health.settings.read().thresholds;
         let flip = {
             let mut records = self.health.records.lock();
             // A probe of a backend removed meanwhile counts for nothing.

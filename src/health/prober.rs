@@ -54,14 +54,20 @@ struct Schedule {
 }
 
 async fn run(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
-    let settings = plane.health.settings.clone();
-    let path = settings.path.clone();
+    let mut settings = plane.health.settings();
     let mut jitter = Jitter::seeded();
     let mut schedules: HashMap<BackendId, Schedule> = HashMap::new();
     let mut seen_version = u64::MAX;
     while !shutdown.load(Ordering::Acquire) {
         plane.apply_ejections();
         let now = Instant::now();
+        let latest = plane.health.settings();
+        if latest.path != settings.path {
+            // A reload changed the path: every request is built anew.
+            schedules.clear();
+            seen_version = u64::MAX;
+        }
+        settings = latest;
         if plane.version() != seen_version {
             let snapshot = plane.snapshot();
             seen_version = snapshot.version;
@@ -78,7 +84,7 @@ async fn run(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
                 schedules.entry(backend.id).or_insert_with(|| Schedule {
                     next: now,
                     in_flight: Rc::new(Cell::new(false)),
-                    request: request(&backend.authority, &path).into(),
+                    request: request(&backend.authority, &settings.path).into(),
                     kept: Rc::new(Cell::new(None)),
                 });
             }

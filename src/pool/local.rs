@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::{Backend, BackendId, BackendState, PoolSnapshot};
 use crate::balance::{Balancer, Candidate, SharedCursor, Strategy, StrategyKind};
+use crate::config::ProxySettings;
 use crate::health::{Ejection, PassiveLink};
 use crate::upstream::IdleConnections;
 
@@ -64,7 +65,7 @@ impl Candidate for Rc<LocalBackend> {
 
     #[inline]
     fn weight(&self) -> u32 {
-        self.backend.weight
+        self.backend.weight()
     }
 }
 
@@ -79,6 +80,9 @@ pub struct LocalPool {
     slow_start: Cell<Duration>,
     /// Drives slow start's admission (a xorshift state).
     dice: Cell<u64>,
+    /// The data path's settings, as the newest snapshot carried them (a
+    /// reload changes them between requests).
+    settings: Cell<ProxySettings>,
 }
 
 /// A pick bounded to `MAX_ATTEMPTS` backends per request.
@@ -95,7 +99,14 @@ impl LocalPool {
             passive: RefCell::new(None),
             slow_start: Cell::new(Duration::ZERO),
             dice: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (core as u64 + 1)),
+            settings: Cell::new(ProxySettings::default()),
         })
+    }
+
+    /// The data path's settings in force on this core.
+    #[inline]
+    pub fn settings(&self) -> ProxySettings {
+        self.settings.get()
     }
 
     pub fn core(&self) -> usize {
@@ -147,6 +158,7 @@ impl LocalPool {
                 .map_or(Duration::ZERO, |link| link.slow_start),
         );
         *self.passive.borrow_mut() = snapshot.passive.clone();
+        self.settings.set(snapshot.settings);
         self.version.set(snapshot.version);
     }
 

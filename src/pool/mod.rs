@@ -12,7 +12,8 @@ mod local;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender};
@@ -22,9 +23,11 @@ use serde::Serialize;
 pub use local::{FROZEN_FACTOR, FROZEN_FLOOR, LocalBackend, LocalPool, MAX_ATTEMPTS};
 
 use crate::balance::{SharedCursor, StrategyKind};
+use crate::config::ProxySettings;
 use crate::health::{HealthBoard, HealthSettings, PassiveLink};
 use crate::latency::LatencyWindows;
 use crate::metrics::{BackendCounters, PerCore, WorkerStats};
+use crate::reload::Reloader;
 
 pub type BackendId = u64;
 
@@ -37,11 +40,17 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `host:port` as configured, the Host of requests that arrive without one.
     pub authority: Box<[u8]>,
-    pub weight: u32,
+    /// Its share of the load (1 to 1000); a reload may change it, then a
+    /// new snapshot makes the cores rebuild their order.
+    pub weight: AtomicU32,
     pub counters: PerCore<BackendCounters>,
 }
 
 impl Backend {
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
     /// Requests in flight, summed over cores.
     pub fn in_flight(&self) -> u64 {
         self.counters.sum(|c| &c.in_flight)
@@ -68,6 +77,9 @@ pub struct PoolSnapshot {
     /// Passive detection's settings and channel; `None` in snapshots made
     /// for reports.
     pub passive: Option<PassiveLink>,
+    /// The data path's settings (timeouts, limits), so that a reload
+    /// reaches every core the way pool changes do.
+    pub settings: ProxySettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -135,6 +147,7 @@ struct PoolState {
     next_id: BackendId,
     /// When each backend last came up or joined, while within slow start.
     warming: HashMap<BackendId, Instant>,
+    settings: ProxySettings,
 }
 
 /// The authoritative pool, owned by the control plane.
@@ -152,6 +165,9 @@ pub struct ControlPlane {
     pub latency: LatencyWindows,
     /// Health records, settings and the passive-ejection channel.
     pub health: HealthBoard,
+    /// Rereads the configuration (SIGHUP, `POST /reload`); set when percore
+    /// runs from its command line.
+    pub reloader: OnceLock<Arc<Reloader>>,
 }
 
 impl ControlPlane {
@@ -178,6 +194,7 @@ impl ControlPlane {
                 backends: Vec::new(),
                 next_id: 1,
                 warming: HashMap::new(),
+                settings: ProxySettings::default(),
             }),
             senders,
             workers: PerCore::new(cores),
@@ -185,6 +202,7 @@ impl ControlPlane {
             round_robin: SharedCursor::default(),
             own_listeners: Mutex::new(Vec::new()),
             latency: LatencyWindows::default(),
+            reloader: OnceLock::new(),
             health: HealthBoard::new(health),
         };
         (Arc::new(plane), receivers)
@@ -239,7 +257,7 @@ impl ControlPlane {
             url,
             addr,
             authority: authority.into_bytes().into_boxed_slice(),
-            weight,
+            weight: AtomicU32::new(weight),
             counters: PerCore::new(self.cores()),
         });
         state.next_id += 1;
@@ -277,6 +295,30 @@ impl ControlPlane {
         Some(self.publish(&mut state))
     }
 
+    /// Changes a backend's weight; the new version, or `None` if it is gone
+    /// or the weight is out of range.
+    pub fn set_weight(&self, id: BackendId, weight: u32) -> Option<u64> {
+        if !(1..=1000).contains(&weight) {
+            return None;
+        }
+        let mut state = self.state.lock();
+        let (backend, _) = state.backends.iter().find(|(b, _)| b.id == id)?;
+        backend.weight.store(weight, Ordering::Relaxed);
+        Some(self.publish(&mut state))
+    }
+
+    /// Sets the data path's settings on every core; the new version.
+    pub fn set_proxy_settings(&self, settings: ProxySettings) -> u64 {
+        let mut state = self.state.lock();
+        state.settings = settings;
+        self.publish(&mut state)
+    }
+
+    /// The data path's settings in force.
+    pub fn proxy_settings(&self) -> ProxySettings {
+        self.state.lock().settings
+    }
+
     /// Switches strategy; returns the previous one and the new version.
     pub fn set_strategy(&self, strategy: StrategyKind) -> (StrategyKind, u64) {
         let mut state = self.state.lock();
@@ -301,6 +343,7 @@ impl ControlPlane {
             backends: state.backends.clone(),
             warming: Vec::new(),
             passive: None,
+            settings: state.settings,
         }
     }
 
@@ -329,7 +372,7 @@ impl ControlPlane {
     /// Bumps the version and sends the new snapshot to every core.
     fn publish(&self, state: &mut PoolState) -> u64 {
         state.version += 1;
-        let slow_start = self.health.settings.slow_start;
+        let slow_start = self.health.settings().slow_start;
         let now = Instant::now();
         state
             .warming
@@ -344,6 +387,7 @@ impl ControlPlane {
                 .map(|(id, since)| (*id, *since))
                 .collect(),
             passive: Some(self.health.link()),
+            settings: state.settings,
         });
         for sender in &self.senders {
             // A core that has exited (shutdown) has dropped its receiver: nothing to update.
@@ -376,222 +420,4 @@ impl ControlPlane {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_urls() {
-        let (url, authority, addr) = parse_backend_url("http://127.0.0.1:9001/").unwrap();
-        assert_eq!(
-            (url.as_str(), authority.as_str()),
-            ("http://127.0.0.1:9001", "127.0.0.1:9001")
-        );
-        assert_eq!(addr, "127.0.0.1:9001".parse().unwrap());
-        assert_eq!(parse_backend_url("http://127.0.0.1").unwrap().2.port(), 80);
-        assert_eq!(
-            parse_backend_url("http://[::1]:81").unwrap().2,
-            "[::1]:81".parse().unwrap()
-        );
-        assert!(matches!(
-            parse_backend_url("https://a:1"),
-            Err(BackendUrlError::Scheme(_))
-        ));
-        assert!(matches!(
-            parse_backend_url("http://a:1/path"),
-            Err(BackendUrlError::Shape(_))
-        ));
-        assert!(matches!(
-            parse_backend_url("http://"),
-            Err(BackendUrlError::Shape(_))
-        ));
-        for url in [
-            "http://a:0",
-            "http://a:65536",
-            "http://a:x1",
-            "http://[::1]:0",
-        ] {
-            assert!(
-                matches!(parse_backend_url(url), Err(BackendUrlError::Port(_))),
-                "{url}"
-            );
-        }
-    }
-
-    #[test]
-    fn percore_is_never_its_own_backend() {
-        let (plane, _receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
-        plane.set_own_listeners(&[
-            "0.0.0.0:8080".parse().unwrap(),
-            "127.0.0.1:8081".parse().unwrap(),
-        ]);
-        for url in [
-            "http://127.0.0.1:8080",
-            "http://127.0.0.1:8081",
-            "http://0.0.0.0:8081",
-            "http://[::ffff:127.0.0.1]:8080",
-        ] {
-            assert_eq!(
-                plane.add_backend(url, 1).unwrap_err(),
-                PoolError::Loop(url.into()),
-                "{url}"
-            );
-        }
-        plane.add_backend("http://127.0.0.1:8082", 1).unwrap();
-        // Another loopback address is another socket than 127.0.0.1:8081.
-        plane.add_backend("http://127.0.0.2:8081", 1).unwrap();
-    }
-
-    #[test]
-    fn snapshots_fan_out_and_apply_in_order() {
-        let (plane, receivers) = ControlPlane::new(2, StrategyKind::RoundRobin);
-        let (a, _) = plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
-        let (b, v2) = plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
-        assert_eq!(
-            plane.add_backend("http://127.0.0.1:9002", 1).unwrap_err(),
-            PoolError::Duplicate("http://127.0.0.1:9002".into())
-        );
-        assert_eq!(
-            plane.add_backend("http://127.1:9002", 1).unwrap_err(),
-            PoolError::Duplicate("http://127.1:9002".into())
-        );
-        let local = LocalPool::new(0, plane.round_robin.clone());
-        let snapshots: Vec<_> = receivers[0].try_iter().collect();
-        assert_eq!(snapshots.len(), 2);
-        local.apply(&snapshots[1]);
-        local.apply(&snapshots[0]); // stale: ignored
-        assert_eq!((local.version(), local.len()), (v2, 2));
-
-        let v3 = plane.set_state(a.id, BackendState::Down).unwrap();
-        local.apply(&receivers[0].try_recv().unwrap());
-        assert_eq!(local.version(), v3);
-        let now = Instant::now();
-        for _ in 0..4 {
-            assert_eq!(local.pick(&[], now).unwrap().backend.id, b.id);
-        }
-        assert!(local.pick(&[b.id], now).is_none());
-        plane.remove_backend(b.id).unwrap();
-        local.apply(&receivers[0].try_recv().unwrap());
-        assert_eq!(local.len(), 1);
-        assert!(local.pick(&[], now).is_none());
-        assert_eq!(receivers[1].try_iter().count(), 4);
-    }
-
-    #[test]
-    fn passive_failures_exclude_at_once_and_eject_everywhere() {
-        let (plane, receivers) = ControlPlane::new(2, StrategyKind::RoundRobin);
-        plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
-        plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
-        let cores: Vec<_> = (0..2)
-            .map(|core| {
-                let local = LocalPool::new(core, plane.round_robin.clone());
-                local.apply(&receivers[core].try_iter().last().unwrap());
-                local
-            })
-            .collect();
-        let now = Instant::now();
-        let failing = cores[0].pick(&[], now).unwrap();
-        for _ in 0..4 {
-            cores[0].record_failure(&failing, now);
-        }
-        cores[0].record_success(&failing);
-        for _ in 0..4 {
-            cores[0].record_failure(&failing, now);
-        }
-        assert_eq!(plane.apply_ejections(), 0, "a success broke the row");
-        cores[0].record_failure(&failing, now);
-        for _ in 0..4 {
-            assert_ne!(
-                cores[0].pick(&[], now).unwrap().backend.id,
-                failing.backend.id
-            );
-        }
-        assert_eq!(plane.apply_ejections(), 1);
-        cores[1].apply(&receivers[1].try_iter().last().unwrap());
-        for _ in 0..4 {
-            assert_ne!(
-                cores[1].pick(&[], now).unwrap().backend.id,
-                failing.backend.id
-            );
-        }
-        let other = cores[1].pick(&[], now).unwrap();
-        plane
-            .set_state(other.backend.id, BackendState::Down)
-            .unwrap();
-        cores[1].apply(&receivers[1].try_iter().last().unwrap());
-        assert!(cores[1].pick(&[], now).is_none(), "all down: no pick");
-    }
-
-    fn one_core(backends: u64) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
-        let (plane, receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
-        for port in 0..backends {
-            plane
-                .add_backend(&format!("http://127.0.0.1:{}", 9001 + port), 1)
-                .unwrap();
-        }
-        (plane, receivers)
-    }
-
-    #[test]
-    fn a_backend_far_above_its_share_is_passed_over() {
-        let (plane, receivers) = one_core(3);
-        let local = LocalPool::new(0, plane.round_robin.clone());
-        local.apply(&receivers[0].try_iter().last().unwrap());
-        let now = Instant::now();
-        let stuck = local.pick(&[], now).unwrap();
-        let in_flight = &stuck.backend.counters.core(0).in_flight;
-        in_flight.add(FROZEN_FLOOR);
-        // At the floor: still picked in turn.
-        assert!((0..3).any(|_| local.pick(&[], now).unwrap().backend.id == stuck.backend.id));
-        in_flight.add(1);
-        for _ in 0..9 {
-            assert_ne!(local.pick(&[], now).unwrap().backend.id, stuck.backend.id);
-        }
-        // Alone, it is still used.
-        let others: Vec<BackendId> = plane
-            .snapshot()
-            .backends
-            .iter()
-            .map(|(b, _)| b.id)
-            .filter(|id| *id != stuck.backend.id)
-            .collect();
-        assert_eq!(
-            local.pick(&others, now).unwrap().backend.id,
-            stuck.backend.id
-        );
-        in_flight.sub(FROZEN_FLOOR + 1);
-    }
-
-    #[test]
-    fn slow_start_admits_a_growing_share() {
-        let (plane, receivers) = ControlPlane::with_health(
-            1,
-            StrategyKind::RoundRobin,
-            HealthSettings {
-                slow_start: Duration::from_secs(10),
-                ..HealthSettings::default()
-            },
-        );
-        plane.add_backend("http://127.0.0.1:9001", 1).unwrap();
-        plane.settle();
-        let (warm, _) = plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
-        let local = LocalPool::new(0, plane.round_robin.clone());
-        local.apply(&receivers[0].try_iter().last().unwrap());
-        let share_at = |offset: Duration| {
-            let now = Instant::now() + offset;
-            let picks = (0..2000)
-                .filter(|_| local.pick(&[], now).unwrap().backend.id == warm.id)
-                .count();
-            picks as f64 / 2000.0
-        };
-        let (start, middle, end) = (
-            share_at(Duration::ZERO),
-            share_at(Duration::from_secs(5)),
-            share_at(Duration::from_secs(11)),
-        );
-        assert!(start < 0.06, "{start}");
-        // Half-way, admitted half the time: a turn it declines goes to
-        // the other backend, so its share is p / (1 + p) of the picks.
-        assert!((0.3..0.37).contains(&middle), "{middle}");
-        assert!((end - 0.5).abs() < 0.01, "{end}");
-    }
-}
+mod tests;

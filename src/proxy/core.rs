@@ -43,7 +43,6 @@ pub struct CoreContext {
     /// idle connections are closed, nothing new is accepted.
     draining: Cell<bool>,
     pub plane: Arc<ControlPlane>,
-    pub settings: ProxySettings,
     /// Coarse timers for the waits every request makes (see `ticker`).
     pub ticker: Rc<Ticker>,
     pub buffers: BufferPool,
@@ -93,12 +92,17 @@ impl CoreContext {
             buffers: BufferPool::new(settings.buffer_size, MAX_FREE_BUFFERS),
             pool,
             plane,
-            settings,
             ticker: Ticker::new(),
             request_seq: Cell::new(0),
             request_id_prefix,
             failure_log: FailureLog::default(),
         })
+    }
+
+    /// The data path's settings in force (see `LocalPool::settings`).
+    #[inline]
+    pub fn settings(&self) -> ProxySettings {
+        self.pool.settings()
     }
 
     pub(super) fn core(&self) -> usize {
@@ -125,7 +129,7 @@ impl CoreContext {
         let stats = self.plane.workers.core(self.core());
         stats.refused_connections.add(1);
         if let Some(left_out) = self.failure_log.admit(self.ticker.now()) {
-            let max_connections = self.settings.max_connections;
+            let max_connections = self.settings().max_connections;
             tracing::warn!(
                 worker = self.core(),
                 max_connections,
@@ -169,7 +173,7 @@ impl CoreContext {
     /// of the send buffer draining, so a client reading slowly but steadily
     /// is not reset.
     pub fn close_expired(&self, now: Instant) {
-        let send_timeout = self.settings.send_timeout;
+        let send_timeout = self.settings().send_timeout;
         for (&fd, open) in self.open_connections.borrow_mut().iter_mut() {
             if open.parked_until.is_some_and(|deadline| deadline <= now) {
                 sys::shutdown(fd);

@@ -165,13 +165,13 @@ impl Download<'_> {
     /// (RFC 9110 §15.2). They do not start the response: a final 502 can
     /// still follow them.
     async fn read_final_head(&mut self) -> Result<FinalHead, DownloadError> {
-        let mut deadline = self.core.ticker.now() + self.core.settings.response_timeout;
+        let mut deadline = self.core.ticker.now() + self.core.settings().response_timeout;
         self.response.clear();
         self.response.resize(HEADROOM, 0);
         let mut interim = 0;
         loop {
             let Some(parsed) = self.parse_head()? else {
-                if self.response.len() - HEADROOM >= self.core.settings.buffer_size {
+                if self.response.len() - HEADROOM >= self.core.settings().buffer_size {
                     return Err(response::ResponseError::HeadTooLarge.into());
                 }
                 match self.read_head_bytes(&mut deadline).await {
@@ -268,7 +268,7 @@ impl Download<'_> {
     async fn read_head_bytes(&mut self, deadline: &mut Instant) -> Result<usize, DownloadError> {
         let progress = self.progress;
         let ticker = &self.core.ticker;
-        let timeout = self.core.settings.response_timeout;
+        let timeout = self.core.settings().response_timeout;
         let end = self.response.capacity();
         let mut read = std::pin::pin!(read_spare(self.upstream, self.response, end));
         if !progress.watch_client.is_raised() {
@@ -461,7 +461,7 @@ impl Download<'_> {
     /// Reads body bytes after those in `response`, up to index `end`,
     /// within the response timeout; `Closed` at EOF.
     async fn read_body(&mut self, end: usize) -> Result<usize, DownloadError> {
-        let timeout = self.core.settings.response_timeout;
+        let timeout = self.core.settings().response_timeout;
         match monoio::time::timeout(timeout, read_spare(self.upstream, self.response, end)).await {
             Ok(result) => read_outcome(result),
             Err(_) => Err(DownloadError::Timeout),

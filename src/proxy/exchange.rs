@@ -137,7 +137,7 @@ impl Exchange<'_> {
                 } => {
                     core.pool.record_success(&backend);
                     if let Some(conn) = reusable {
-                        let max_idle = core.settings.max_idle_per_backend;
+                        let max_idle = core.settings().max_idle_per_backend;
                         backend.idle.put(conn, core.ticker.now(), max_idle);
                     }
                     return Outcome::Relayed { keep_client };
@@ -201,7 +201,7 @@ impl Exchange<'_> {
         backend: &LocalBackend,
         plan: &Plan,
     ) -> Result<UpstreamConn, upstream::ConnectError> {
-        let settings = &self.core.settings;
+        let settings = self.core.settings();
         let now = self.core.ticker.now();
         while let Some((conn, idle_for)) = backend.idle.take(now, settings.upstream_idle_timeout) {
             if (plan.retryable && idle_for < TICK) || !conn.is_stale() {
@@ -238,7 +238,7 @@ impl Exchange<'_> {
                     plan,
                     progress: &progress,
                     watch: self.canceller.handle(),
-                    body_timeout: core.settings.client_body_timeout,
+                    body_timeout: core.settings().client_body_timeout,
                 }
                 .run()
             );

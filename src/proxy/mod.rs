@@ -82,7 +82,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
     // A new connection starts parked: until its first bytes arrive it costs
     // a small task, not a serving one. It owes a request head from the
     // start, so the head deadline holds it, not the longer keep-alive one.
-    let timeout = conn.core.settings.request_head_timeout;
+    let timeout = conn.core.settings().request_head_timeout;
     park(conn, timeout).await;
 }
 
@@ -102,7 +102,7 @@ async fn serve(mut conn: Connection) {
                 Wait::Park => {
                     let timeout = conn
                         .core
-                        .settings
+                        .settings()
                         .client_idle_timeout
                         .saturating_sub(PARK_AFTER);
                     monoio::spawn(park(conn, timeout));
@@ -189,7 +189,7 @@ impl Connection {
     async fn wait_for_request(&mut self) -> Wait {
         let core = self.core.clone();
         self.input.release(&core.buffers);
-        let idle_timeout = core.settings.client_idle_timeout;
+        let idle_timeout = core.settings().client_idle_timeout;
         if idle_timeout <= PARK_AFTER {
             return match monoio::time::timeout(idle_timeout, self.input.read_idle()).await {
                 Ok(Ok(n)) if n > 0 => {
@@ -258,7 +258,7 @@ impl Connection {
                     backend: &backend,
                     core_index: self.core.core(),
                     buffers: &self.core.buffers,
-                    idle_timeout: self.core.settings.tunnel_idle_timeout,
+                    idle_timeout: self.core.settings().tunnel_idle_timeout,
                 };
                 let end = tunnel.run().await;
                 tracing::debug!(?end, "WebSocket tunnel ended");
@@ -304,7 +304,7 @@ impl Connection {
                 return Err(false);
             }
             let deadline = *head_deadline
-                .get_or_insert_with(|| Instant::now() + self.core.settings.request_head_timeout);
+                .get_or_insert_with(|| Instant::now() + self.core.settings().request_head_timeout);
             match monoio::time::timeout_at(deadline.into(), self.input.read_more()).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Err(false),

@@ -254,7 +254,7 @@ mod tests {
             url: "http://127.0.0.1:65000".into(),
             addr: "127.0.0.1:65000".parse().unwrap(),
             authority: b"127.0.0.1:65000"[..].into(),
-            weight: 1,
+            weight: 1.into(),
             counters: crate::metrics::PerCore::new(1),
         };
         plan.retarget_head(&mut head, &backend);

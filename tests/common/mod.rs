@@ -105,7 +105,7 @@ pub fn test_config(driver: DriverChoice, backends: Vec<String>) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: "127.0.0.1:0".parse().unwrap(),
-        backends,
+        backends: backends.into_iter().map(Into::into).collect(),
         workers: Some(WORKERS),
         driver,
         connect_timeout: Duration::from_secs(2),
