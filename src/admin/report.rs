@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::balance::StrategyKind;
 use crate::health::{LastCheck, Transition};
 use crate::metrics::WorkerStats;
-use crate::pool::{Backend, BackendId, BackendState, ControlPlane};
+use crate::pool::{Backend, BackendId, BackendState, ControlPlane, PoolSnapshot};
 
 /// `GET /status`, field for field as `docs/admin-api.md` shows it.
 #[derive(Debug, Serialize)]
@@ -132,43 +132,47 @@ const BACKEND_STATES: [(BackendState, &str); 3] = [
 pub fn metrics(plane: &ControlPlane) -> String {
     let snapshot = plane.snapshot();
     let mut out = String::with_capacity(4096);
+    write_pool_metrics(&mut out, plane, &snapshot);
+    write_worker_metrics(&mut out, plane);
+    write_backend_metrics(&mut out, plane, &snapshot);
+    super::traffic::write_metrics(&mut out, plane, &snapshot);
+    out
+}
 
+fn write_pool_metrics(out: &mut String, plane: &ControlPlane, snapshot: &PoolSnapshot) {
     family(
-        &mut out,
+        out,
         "percore_pool_version",
         "gauge",
         "Version of the backend pool and strategy; increases on every change.",
     );
-    sample(&mut out, "percore_pool_version", &[], snapshot.version);
+    sample(out, "percore_pool_version", &[], snapshot.version);
     family(
-        &mut out,
+        out,
         "percore_uptime_seconds",
         "gauge",
         "Seconds since the proxy started.",
     );
-    sample(
-        &mut out,
-        "percore_uptime_seconds",
-        &[],
-        uptime_seconds(plane),
-    );
+    sample(out, "percore_uptime_seconds", &[], uptime_seconds(plane));
     family(
-        &mut out,
+        out,
         "percore_strategy",
         "gauge",
         "Load-balancing strategy: 1 for the one in use.",
     );
     for &kind in StrategyKind::all() {
         sample(
-            &mut out,
+            out,
             "percore_strategy",
             &[("strategy", &kind.name())],
             u8::from(kind == snapshot.strategy),
         );
     }
+}
 
+fn write_worker_metrics(out: &mut String, plane: &ControlPlane) {
     type WorkerCounter = fn(&WorkerStats) -> u64;
-    let worker_families: [(&str, &str, &str, WorkerCounter); 4] = [
+    let worker_families: [(&str, &str, &str, WorkerCounter); 5] = [
         (
             "percore_worker_applied_version",
             "gauge",
@@ -193,14 +197,22 @@ pub fn metrics(plane: &ControlPlane) -> String {
             "Requests this worker core has answered, forwarded or refused.",
             |w| w.requests.get(),
         ),
+        (
+            "percore_worker_refused_connections_total",
+            "counter",
+            "Client connections reset on arrival because this worker core held max_connections.",
+            |w| w.refused_connections.get(),
+        ),
     ];
     for (name, kind, help, read) in worker_families {
-        family(&mut out, name, kind, help);
+        family(out, name, kind, help);
         for (core, stats) in plane.workers.iter().enumerate() {
-            sample(&mut out, name, &[("core", &core.to_string())], read(stats));
+            sample(out, name, &[("core", &core.to_string())], read(stats));
         }
     }
+}
 
+fn write_backend_metrics(out: &mut String, plane: &ControlPlane, snapshot: &PoolSnapshot) {
     let backends: Vec<(String, BackendView)> = snapshot
         .backends
         .iter()
@@ -239,18 +251,13 @@ pub fn metrics(plane: &ControlPlane) -> String {
         ),
     ];
     for (name, kind, help, read) in backend_families {
-        family(&mut out, name, kind, help);
+        family(out, name, kind, help);
         for (id, view) in &backends {
-            sample(
-                &mut out,
-                name,
-                &[("id", id), ("url", &view.url)],
-                read(view),
-            );
+            sample(out, name, &[("id", id), ("url", &view.url)], read(view));
         }
     }
     family(
-        &mut out,
+        out,
         "percore_backend_state",
         "gauge",
         "Backend state: 1 for the state it is in (up, down, draining).",
@@ -258,15 +265,13 @@ pub fn metrics(plane: &ControlPlane) -> String {
     for (id, view) in &backends {
         for (state, name) in BACKEND_STATES {
             sample(
-                &mut out,
+                out,
                 "percore_backend_state",
                 &[("id", id), ("url", &view.url), ("state", name)],
                 u8::from(view.state == state),
             );
         }
     }
-    super::traffic::write_metrics(&mut out, plane, &snapshot);
-    out
 }
 
 pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {

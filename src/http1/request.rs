@@ -187,42 +187,17 @@ pub fn parse<'b, 'h>(
                     .any(|protocol| protocol.eq_ignore_ascii_case(b"websocket"));
             }
             12 if is_options && name.eq_ignore_ascii_case("max-forwards") => {
-                // 1*DIGIT; several fields would leave the hop count in doubt.
-                let value = header.value;
-                if max_forwards.is_some()
-                    || value.is_empty()
-                    || !value.iter().all(u8::is_ascii_digit)
-                {
+                // Several fields would leave the hop count in doubt.
+                if max_forwards.is_some() {
                     return Err(RequestError::BadMaxForwards);
                 }
-                let hops = value.iter().fold(0u64, |n, &d| {
-                    n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-                });
-                max_forwards = Some(hops);
+                max_forwards = Some(parse_hops(header.value)?);
             }
             _ => {}
         }
     }
 
-    let framing = if fields.transfer_encoding {
-        if version == Version::Http10 {
-            return Err(RequestError::TransferEncodingInHttp10);
-        }
-        if fields.content_length.is_some() {
-            return Err(RequestError::LengthAndTransferEncoding);
-        }
-        if !fields.final_chunked || fields.chunked_count != 1 {
-            return Err(RequestError::NotFinallyChunked);
-        }
-        if fields.coding_count > fields.chunked_count {
-            return Err(RequestError::UnsupportedTransferCoding);
-        }
-        BodyFraming::Chunked
-    } else {
-        fields
-            .content_length
-            .map_or(BodyFraming::None, BodyFraming::Length)
-    };
+    let framing = body_framing(&fields, version)?;
 
     if version == Version::Http11 && host.is_none() {
         return Err(RequestError::MissingHost);
@@ -252,6 +227,40 @@ pub fn parse<'b, 'h>(
         max_forwards,
         expect_continue,
         websocket,
+    }))
+}
+
+/// The request body's framing (RFC 9112 §6.3), strictly: anything a
+/// backend could read differently is refused.
+#[inline]
+fn body_framing(fields: &FramingFields, version: Version) -> Result<BodyFraming, RequestError> {
+    if !fields.transfer_encoding {
+        return Ok(fields
+            .content_length
+            .map_or(BodyFraming::None, BodyFraming::Length));
+    }
+    if version == Version::Http10 {
+        return Err(RequestError::TransferEncodingInHttp10);
+    }
+    if fields.content_length.is_some() {
+        return Err(RequestError::LengthAndTransferEncoding);
+    }
+    if !fields.final_chunked || fields.chunked_count != 1 {
+        return Err(RequestError::NotFinallyChunked);
+    }
+    if fields.coding_count > fields.chunked_count {
+        return Err(RequestError::UnsupportedTransferCoding);
+    }
+    Ok(BodyFraming::Chunked)
+}
+
+/// A Max-Forwards value: 1*DIGIT (RFC 9110 §7.6.2), saturating.
+fn parse_hops(value: &[u8]) -> Result<u64, RequestError> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(RequestError::BadMaxForwards);
+    }
+    Ok(value.iter().fold(0u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
     }))
 }
 
