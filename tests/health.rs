@@ -147,6 +147,12 @@ both_drivers! {
         assert_eq!(view["last_check"]["ok"], false);
         assert_eq!(view["last_check"]["error"], "connection refused");
         assert_eq!(view["transitions"][0]["to"], "down");
+        let metrics = Client::connect(proxy.server.admin_addr()).get("/metrics").body_text();
+        let failed_checks = metrics
+            .lines()
+            .find(|line| line.starts_with("percore_backend_health_checks_total") && line.contains(&url) && line.contains("result=\"fail\""))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok());
+        assert!(failed_checks.is_some_and(|n| n >= 3), "{metrics}");
 
         let restarted = Instant::now();
         let _mock = restart_mock(driver, addr, "mock1");
@@ -406,18 +412,28 @@ impl Load {
             .map(|_| {
                 let (stop, completed, errors) = (stop.clone(), completed.clone(), errors.clone());
                 std::thread::spawn(move || {
-                    let mut client = Client::connect(addr);
+                    // A request caught on a frozen backend waits for it:
+                    // slow, not failed (the freeze tests hold one for 10 s).
+                    let connect = || {
+                        let client = Client::connect(addr);
+                        client
+                            .stream
+                            .set_read_timeout(Some(Duration::from_secs(30)))
+                            .unwrap();
+                        client
+                    };
+                    let mut client = connect();
                     while !stop.load(Ordering::Acquire) {
                         match client.try_request(&get("/")) {
                             Ok(response) if response.status == 200 => {
                                 completed.fetch_add(1, Ordering::AcqRel);
                                 if response.connection_has("close") {
-                                    client = Client::connect(addr);
+                                    client = connect();
                                 }
                             }
                             _ => {
                                 errors.fetch_add(1, Ordering::AcqRel);
-                                client = Client::connect(addr);
+                                client = connect();
                             }
                         }
                     }
@@ -543,4 +559,153 @@ fn probing_a_hundred_backends_costs_under_one_percent_of_a_core() {
             .iter()
             .all(|b| state_of(&server, &b.url()) == Some(BackendState::Up))
     );
+}
+
+/// A mock backend in a process of its own (`percore backend`), so that it
+/// can be SIGSTOPped and SIGKILLed as a real backend would be.
+struct BackendProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl BackendProcess {
+    fn start(addr: std::net::SocketAddr) -> BackendProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args(["backend", "--listen", &addr.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a backend process");
+        let listening = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        assert!(listening, "the backend process did not listen on {addr}");
+        BackendProcess { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn backend_processes(count: usize) -> Vec<BackendProcess> {
+    (0..count)
+        .map(|_| {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            BackendProcess::start(addr)
+        })
+        .collect()
+}
+
+/// Samples the load's completions every 10 ms for `span`; the longest time
+/// nothing completed.
+fn longest_stall(load: &Load, span: Duration) -> Duration {
+    let start = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut last = (load.completed(), Instant::now());
+    while start.elapsed() < span {
+        std::thread::sleep(Duration::from_millis(10));
+        let done = load.completed();
+        if done != last.0 {
+            last = (done, Instant::now());
+        }
+        longest = longest.max(last.1.elapsed());
+    }
+    longest
+}
+
+#[test]
+fn a_sigstopped_backend_for_ten_seconds_does_not_stall_the_load() {
+    let backends = backend_processes(3);
+    let mut config = test_config(
+        uring_choice(),
+        backends.iter().map(BackendProcess::url).collect(),
+    );
+    with_health(&mut config);
+    let server = start_server(config);
+    let load = Load::start(server.proxy_addr(), 16);
+    assert!(wait_until(Duration::from_secs(5), || load.completed() > 500));
+    let frozen = &backends[1];
+    frozen.signal(libc::SIGSTOP);
+    let stall = longest_stall(&load, Duration::from_secs(10));
+    let down = state_of(&server, &frozen.url()) == Some(BackendState::Down);
+    frozen.signal(libc::SIGCONT);
+    assert!(
+        wait_until(Duration::from_secs(10), || state_of(&server, &frozen.url())
+            == Some(BackendState::Up)),
+        "the thawed backend did not come back"
+    );
+    let (completed, errors) = load.stop();
+    eprintln!("freeze test: {completed} requests, {errors} errors, longest stall {stall:?}");
+    assert!(down, "the frozen backend was not down before it resumed");
+    assert!(stall <= TIMEOUT + SLACK, "throughput stalled for {stall:?}");
+    assert_eq!(errors, 0, "of {completed}");
+}
+
+#[test]
+fn a_sigkilled_backend_costs_no_client_an_error_and_rejoins() {
+    let mut backends = backend_processes(3);
+    let mut config = test_config(
+        uring_choice(),
+        backends.iter().map(BackendProcess::url).collect(),
+    );
+    with_health(&mut config);
+    let server = start_server(config);
+    let load = Load::start(server.proxy_addr(), 8);
+    assert!(wait_until(Duration::from_secs(5), || load.completed() > 300));
+    let victim = backends.remove(1);
+    let (addr, url) = (victim.addr, victim.url());
+    let killed = Instant::now();
+    victim.signal(libc::SIGKILL);
+    drop(victim);
+    assert!(wait_until(Duration::from_secs(5), || state_of(
+        &server, &url
+    ) == Some(
+        BackendState::Down
+    )));
+    let to_down = killed.elapsed();
+    let restarted = Instant::now();
+    let revived = BackendProcess::start(addr);
+    assert!(wait_until(Duration::from_secs(15), || state_of(
+        &server, &url
+    ) == Some(
+        BackendState::Up
+    )));
+    let to_up = restarted.elapsed();
+    let requests_of = |url: &str| backend_status(&server, url)["requests"].as_u64().unwrap();
+    let (before, completed_before) = (requests_of(&url), load.completed());
+    assert!(wait_until(Duration::from_secs(5), || load.completed()
+        > completed_before + 600));
+    let (completed, errors) = load.stop();
+    let share =
+        (requests_of(&url) - before) as f64 / (load_done(completed, completed_before)) as f64;
+    eprintln!(
+        "SIGKILL test: {completed} requests, {errors} errors, down {to_down:?} after the kill, up {to_up:?} after the restart, share after return {share:.2}"
+    );
+    assert_eq!(errors, 0, "of {completed}");
+    assert!(share > 0.2, "share after return {share}");
+    drop(revived);
+}
+
+fn load_done(completed: u64, before: u64) -> u64 {
+    completed.saturating_sub(before).max(1)
 }

@@ -272,6 +272,23 @@ fn write_backend_metrics(out: &mut String, plane: &ControlPlane, snapshot: &Pool
             );
         }
     }
+    family(
+        out,
+        "percore_backend_health_checks_total",
+        "counter",
+        "Active health checks of this backend, by result.",
+    );
+    for (id, view) in &backends {
+        let totals = plane.health.probe_totals(view.id);
+        for (result, count) in ["pass", "fail"].into_iter().zip(totals) {
+            sample(
+                out,
+                "percore_backend_health_checks_total",
+                &[("id", id), ("url", &view.url), ("result", result)],
+                count,
+            );
+        }
+    }
 }
 
 pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -115,6 +115,14 @@ impl HealthBoard {
             })
     }
 
+    /// Probes of backend `id` that passed and that failed.
+    pub fn probe_totals(&self, id: BackendId) -> [u64; 2] {
+        self.records
+            .lock()
+            .get(&id)
+            .map_or([0, 0], HealthRecord::probe_totals)
+    }
+
     pub(crate) fn forget(&self, id: BackendId) {
         self.records.lock().remove(&id);
     }

@@ -95,6 +95,8 @@ pub struct HealthRecord {
     /// backend has stayed up for `EJECTION_CAP`.
     ejections: u32,
     up_since: Option<Instant>,
+    /// Probes since the backend joined: passed, failed (for `/metrics`).
+    probes: [u64; 2],
 }
 
 impl Default for HealthRecord {
@@ -110,6 +112,7 @@ impl Default for HealthRecord {
             ejected_until: None,
             ejections: 0,
             up_since: None,
+            probes: [0, 0],
         }
     }
 }
@@ -139,12 +142,18 @@ impl HealthRecord {
     }
 
     /// Counts one probe; returns the flip it causes, if any.
+    /// Probes that passed and that failed since the backend joined.
+    pub fn probe_totals(&self) -> [u64; 2] {
+        self.probes
+    }
+
     pub fn record_probe(
         &mut self,
         result: &ProbeResult,
         thresholds: Thresholds,
         now: Instant,
     ) -> Option<Flip> {
+        self.probes[usize::from(result.outcome.is_err())] += 1;
         self.last_check = Some(LastCheck {
             ok: result.outcome.is_ok(),
             status: match &result.outcome {
