@@ -80,8 +80,8 @@ impl Reloader {
             ..ReloadReport::default()
         };
         // No backend named means the seed topology's mock backends: which
-        // ones run cannot change live, so the pool stays as it is.
-        if !new.backends.is_empty() {
+        // ones run cannot change live (`not_live`), so the pool stays.
+        if !running.backends.is_empty() && !new.backends.is_empty() {
             apply_backends(plane, &new, &mut report)?;
         }
         if new.strategy != plane.snapshot().strategy {

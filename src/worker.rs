@@ -154,13 +154,14 @@ async fn drain_gracefully(
     drop(listener);
     core.start_draining();
     let open = core.open_connections();
-    let deadline = Instant::now() + core.settings().shutdown_grace;
+    let started = Instant::now();
+    let deadline = started + core.settings().shutdown_grace;
     while core.open_connections() > 0
         && Instant::now() < deadline
         && !shutdown.load(Ordering::Acquire)
     {
         monoio::time::sleep(DRAIN_CHECK).await;
-        core.close_idle();
+        core.close_idle(started.elapsed() >= FRESH_GRACE);
     }
     let cut = core.open_connections();
     if cut > 0 {
@@ -183,6 +184,10 @@ async fn drain_gracefully(
 
 /// How often a draining core looks for connections gone idle.
 const DRAIN_CHECK: Duration = Duration::from_millis(10);
+/// How long a drain waits for the first request of a connection accepted
+/// just before it (a client that connected sends at once; one that only
+/// preconnected would otherwise hold the drain for the head deadline).
+const FRESH_GRACE: Duration = Duration::from_secs(1);
 
 /// Once a second: hands the second's latency samples to the control plane,
 /// closes parked client connections whose idle timeout has passed and resets

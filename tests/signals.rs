@@ -459,3 +459,20 @@ fn sighup_applies_a_changed_file_under_load_and_refuses_an_invalid_one() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_silent_connection_does_not_hold_the_drain() {
+    let mock = start_mock(uring_choice(), "m");
+    let mut percore = Percore::start(free_addr(), &mock.url(), &[]);
+    // Connected, never sends a byte: accepted, so it gets a moment to send
+    // its request, not the whole head deadline (30 s).
+    let _silent = TcpStream::connect(percore.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let signalled = Instant::now();
+    percore.signal(libc::SIGTERM);
+    let status = percore
+        .exit_within(Duration::from_secs(5))
+        .expect("a silent connection held the drain");
+    assert_eq!(status.code(), Some(0), "{}", percore.log());
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+}

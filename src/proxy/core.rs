@@ -147,17 +147,18 @@ impl CoreContext {
     /// connection and idle ones close; see `close_idle`.
     pub fn start_draining(&self) {
         self.draining.set(true);
-        self.close_idle();
+        self.close_idle(false);
     }
 
     /// Ends the idle wait of parked connections (their read returns EOF and
-    /// they close), except those that have not sent their first request
-    /// yet: they were accepted, so they are served, once. Only the read
+    /// they close). Those that have not sent their first request yet were
+    /// accepted, so they are served, once, unless `fresh_too`: the drain
+    /// gives them a moment, not the whole head deadline. Only the read
     /// side is shut: a response being written still completes. Connections
     /// idle but not parked park within `PARK_AFTER` and are closed then.
-    pub fn close_idle(&self) {
+    pub fn close_idle(&self, fresh_too: bool) {
         for (&fd, open) in self.open_connections.borrow().iter() {
-            if open.parked_until.is_some() && !open.fresh {
+            if open.parked_until.is_some() && (fresh_too || !open.fresh) {
                 sys::shutdown_read(fd);
             }
         }
