@@ -5,7 +5,6 @@
 
 use std::cell::Cell;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -35,10 +34,7 @@ pub(super) enum Outcome {
     Abort,
     /// The backend switched to WebSocket (its 101 went to the client): the
     /// connection to it now carries the tunnel.
-    Switched {
-        upstream: UpstreamConn,
-        backend: Rc<LocalBackend>,
-    },
+    Switched { upstream: UpstreamConn },
 }
 
 /// How one attempt on one upstream connection ended.
@@ -143,10 +139,7 @@ impl Exchange<'_> {
                     return Outcome::Relayed { keep_client };
                 }
                 Forwarded::Switched(upstream) => {
-                    return Outcome::Switched {
-                        upstream,
-                        backend: backend.clone(),
-                    };
+                    return Outcome::Switched { upstream };
                 }
                 Forwarded::Stale if stale_retries < 2 && self.up_head.len() >= plan.head_len => {
                     // The backend closed a pooled connection before answering a

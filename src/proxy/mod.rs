@@ -250,13 +250,11 @@ impl Connection {
                 sys::reset_connection(self.fd);
                 false
             }
-            Outcome::Switched { upstream, backend } => {
+            Outcome::Switched { upstream } => {
                 let tunnel = Tunnel {
                     input: &mut self.input,
                     output: &mut self.output,
                     upstream,
-                    backend: &backend,
-                    core_index: self.core.core(),
                     buffers: &self.core.buffers,
                     idle_timeout: self.core.settings().tunnel_idle_timeout,
                 };

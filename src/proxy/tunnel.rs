@@ -2,7 +2,9 @@
 //! bytes are relayed both ways unchanged, on this core and without parsing
 //! the new protocol, until both sides have closed, either fails, or neither
 //! sends a byte for the tunnel idle timeout. One side's close is passed on
-//! as a half-close, so the other can still finish.
+//! as a half-close, so the other can still finish. A tunnel is not a request
+//! in flight: counted as one, a backend holding many long-lived tunnels
+//! would look frozen to the balancer and get no new requests.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -13,8 +15,6 @@ use monoio::net::tcp::{TcpOwnedReadHalf, TcpOwnedWriteHalf};
 
 use super::client::{ClientInput, ClientOutput};
 use crate::buffer::{BufferPool, read_spare};
-use crate::metrics::InFlightGuard;
-use crate::pool::LocalBackend;
 use crate::upstream::UpstreamConn;
 
 /// What the tunnel borrows from the client connection, and what it owns.
@@ -22,10 +22,6 @@ pub(super) struct Tunnel<'a> {
     pub(super) input: &'a mut ClientInput,
     pub(super) output: &'a mut ClientOutput,
     pub(super) upstream: UpstreamConn,
-    /// The backend, which counts the tunnel as a request in flight (least
-    /// connections weighs a long-lived tunnel as the load it is).
-    pub(super) backend: &'a LocalBackend,
-    pub(super) core_index: usize,
     pub(super) buffers: &'a BufferPool,
     pub(super) idle_timeout: Duration,
 }
@@ -47,13 +43,9 @@ impl Tunnel<'_> {
             input,
             output,
             upstream,
-            backend,
-            core_index,
             buffers,
             idle_timeout,
         } = self;
-        let counters = backend.backend.counters.core(core_index);
-        let _in_flight = InFlightGuard::new(&counters.in_flight);
         let UpstreamConn { mut rd, mut wr, .. } = upstream;
         let last_activity = Cell::new(Instant::now());
         let mut down_buf = buffers.take();
