@@ -345,22 +345,12 @@ both_drivers! {
         let load = Load::start(server.proxy_addr(), 16);
         assert!(wait_until(Duration::from_secs(5), || load.completed() > 500));
         frozen.store(true, Ordering::Release);
-        let froze_at = Instant::now();
-        let mut longest_stall = Duration::ZERO;
-        let mut last = (load.completed(), Instant::now());
-        while froze_at.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(10));
-            let done = load.completed();
-            if done != last.0 {
-                last = (done, Instant::now());
-            }
-            longest_stall = longest_stall.max(last.1.elapsed());
-        }
+        let stall = longest_stall(&load, Duration::from_secs(2));
         let down = state_of(&server, &frozen_url) == Some(BackendState::Down);
         frozen.store(false, Ordering::Release);
         let (completed, errors) = load.stop();
         assert!(down, "the frozen backend is down before it resumes");
-        assert!(longest_stall <= TIMEOUT, "throughput stalled for {longest_stall:?}");
+        assert!(stall <= TIMEOUT, "throughput stalled for {stall:?}");
         assert_eq!(errors, 0, "of {completed}");
         assert_eq!(log_lines(&[&format!("backend {frozen_url} DOWN after 3 consecutive failures: timeout")]).len(), 1);
     }

@@ -23,10 +23,17 @@ struct Percore {
 
 impl Percore {
     fn start(addr: SocketAddr, backend: &str, extra: &[&str]) -> Percore {
+        let mut args = vec!["--admin", "127.0.0.1:0", "--backend", backend];
+        args.extend_from_slice(extra);
+        Percore::start_with(addr, &args)
+    }
+
+    /// Two workers listening on `addr`, with `args` (a backend, an admin
+    /// address, a config file); returns once it logs that it serves.
+    fn start_with(addr: SocketAddr, args: &[&str]) -> Percore {
         let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
-            .args(["--listen", &addr.to_string(), "--admin", "127.0.0.1:0"])
-            .args(["--backend", backend, "--workers", "2"])
-            .args(extra)
+            .args(["--listen", &addr.to_string(), "--workers", "2"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -319,46 +326,10 @@ fn sighup_applies_a_changed_file_under_load_and_refuses_an_invalid_one() {
     let admin = free_addr();
     let config = file.to_str().unwrap().to_string();
     let listen = free_addr();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
-        .args([
-            "--config",
-            &config,
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--workers",
-            "2",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    {
-        let (stderr, log) = (child.stderr.take().unwrap(), log.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-    }
-    let hup = |child: &Child| {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
-            0
-        );
-    };
-    assert!(
-        wait_until(Duration::from_secs(20), || log
-            .lock()
-            .unwrap()
-            .contains("percore is serving")),
-        "{}",
-        log.lock().unwrap()
+    let percore = Percore::start_with(
+        listen,
+        &["--config", &config, "--admin", &admin.to_string()],
     );
-
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Mutex::new(Vec::<Result<u16, String>>::new()));
     let load = {
@@ -386,14 +357,13 @@ fn sighup_applies_a_changed_file_under_load_and_refuses_an_invalid_one() {
         b.url(),
         c.url()
     ));
-    hup(&child);
+    percore.signal(libc::SIGHUP);
     assert!(
-        wait_until(Duration::from_secs(5), || log
-            .lock()
-            .unwrap()
+        wait_until(Duration::from_secs(5), || percore
+            .log()
             .contains("configuration reloaded")),
         "{}",
-        log.lock().unwrap()
+        percore.log()
     );
     assert!(
         wait_until(Duration::from_secs(5), || c.requests() > 20),
@@ -416,14 +386,13 @@ fn sighup_applies_a_changed_file_under_load_and_refuses_an_invalid_one() {
 
     // An invalid file changes nothing, and says why.
     write("{ \"backends\": [".into());
-    hup(&child);
+    percore.signal(libc::SIGHUP);
     assert!(
-        wait_until(Duration::from_secs(5), || log
-            .lock()
-            .unwrap()
+        wait_until(Duration::from_secs(5), || percore
+            .log()
             .contains("reload rejected")),
         "{}",
-        log.lock().unwrap()
+        percore.log()
     );
     assert_eq!(pool_of(&admin_status(admin)).len(), 2);
 
@@ -455,8 +424,7 @@ fn sighup_applies_a_changed_file_under_load_and_refuses_an_invalid_one() {
         outcomes.len(),
         &failed[..failed.len().min(5)]
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(percore);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
