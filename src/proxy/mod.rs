@@ -26,8 +26,10 @@ mod tunnel;
 mod upload;
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -59,8 +61,15 @@ const IDLE_BUFFER: usize = 1024;
 /// rest is read into a pooled buffer.
 const PARKED_BUFFER: usize = 128;
 
-/// Serves one client connection until it closes, fails or times out.
-pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreContext>) {
+/// Serves one client connection until it closes, fails or times out. The
+/// connection is set up (and counted open) when this is called; the future
+/// is its parked wait for a first request (see `park`).
+#[allow(clippy::manual_async_fn)]
+pub fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    core: Rc<CoreContext>,
+) -> impl Future<Output = ()> + 'static {
     // Heads and small bodies are written whole; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
@@ -83,7 +92,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, core: Rc<CoreCont
     // a small task, not a serving one. It owes a request head from the
     // start, so the head deadline holds it, not the longer keep-alive one.
     let timeout = conn.core.settings().request_head_timeout;
-    park(conn, timeout).await;
+    park(conn, timeout)
 }
 
 /// Serves requests until the connection closes, or idles long enough to be
@@ -119,22 +128,31 @@ async fn serve(mut conn: Connection) {
 /// A parked connection: no pooled buffer, a small read waits for the next
 /// request (for at most `timeout`, enforced by the core's sweep), then a
 /// serving task resumes with the bytes that arrived.
-async fn park(mut conn: Connection, timeout: Duration) {
-    let core = conn.core.clone();
+///
+/// Not an `async fn`: that keeps its arguments twice in its future (the
+/// argument and the local it is moved into), and each parked connection's
+/// task would hold a second, dead `Connection` (184 bytes; the task then
+/// fills a 640-byte allocation instead of 384). The same goes for
+/// `serve_client`, whose task a connection that never sends a request keeps.
+#[allow(clippy::manual_async_fn)]
+fn park(mut conn: Connection, timeout: Duration) -> impl Future<Output = ()> + 'static {
     conn.up_head = Vec::new();
     conn.request_id = Vec::new();
     conn.input.idle_buf = Vec::with_capacity(PARKED_BUFFER);
-    core.set_parked(conn.fd, Some(Instant::now() + timeout));
-    let n = match conn.input.read_idle().await {
-        Ok(n) if n > 0 => n,
-        _ => return,
-    };
-    core.set_parked(conn.fd, None);
-    conn.input.resume(&core.buffers, n);
-    conn.input.idle_buf = Vec::with_capacity(IDLE_BUFFER);
-    // Boxed to break the type cycle serve -> park -> serve; once per wake-up.
-    let resumed: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = Box::pin(serve(conn));
-    monoio::spawn(resumed);
+    conn.core
+        .set_parked(conn.fd, Some(Instant::now() + timeout));
+    async move {
+        let n = match conn.input.read_idle().await {
+            Ok(n) if n > 0 => n,
+            _ => return,
+        };
+        conn.core.set_parked(conn.fd, None);
+        conn.input.resume(&conn.core.buffers, n);
+        conn.input.idle_buf = Vec::with_capacity(IDLE_BUFFER);
+        // Boxed to break the type cycle serve -> park -> serve; once per wake-up.
+        let resumed: Pin<Box<dyn Future<Output = ()>>> = Box::pin(serve(conn));
+        monoio::spawn(resumed);
+    }
 }
 
 enum Wait {
@@ -399,5 +417,28 @@ impl Connection {
         let total = self.request_started.elapsed();
         self.core.recorder.record_local(status, total);
         result.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// monoio's task around a future: header (state, vtable, owner) and
+    /// trailer (the join waker).
+    const TASK_OVERHEAD: usize = 40;
+
+    fn future_size<A, B, F: Future>(_: fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle keep-alive connection is one parked task, which jemalloc
+    /// rounds up to a size class; 10,000 idle connections hold 10,000 of
+    /// them. A field added to `Connection`, or `park` turned back into an
+    /// `async fn` (which keeps its `Connection` twice), shows here first.
+    #[test]
+    fn a_parked_connection_fits_a_384_byte_task() {
+        let task = TASK_OVERHEAD + future_size(park);
+        assert!(task <= 384, "parked task of {task} bytes");
     }
 }
