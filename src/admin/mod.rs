@@ -71,7 +71,7 @@ pub fn start(
     listener.set_nonblocking(true)?;
     std::thread::Builder::new().name("percore-admin".into()).spawn(move || {
         if let Err(error) =
-            runtime::block_on(driver, move || serve(listener, plane, token, shutdown))
+            runtime::block_on(driver, runtime::CONTROL_RING, move || serve(listener, plane, token, shutdown))
         {
             tracing::error!(%error, driver = driver.name(), "admin API could not start its runtime");
         }

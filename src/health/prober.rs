@@ -38,7 +38,9 @@ pub fn start_prober(
     std::thread::Builder::new()
         .name("percore-health".into())
         .spawn(move || {
-            if let Err(error) = runtime::block_on(driver, move || run(plane, shutdown)) {
+            if let Err(error) =
+                runtime::block_on(driver, runtime::CONTROL_RING, move || run(plane, shutdown))
+            {
                 tracing::error!(%error, "the health prober could not start its runtime");
             }
         })
