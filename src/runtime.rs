@@ -19,8 +19,8 @@ use crate::config::DriverChoice;
 /// Submission queue entries of a worker core's ring; completions in flight
 /// are not bounded by it. (With epoll: the events one wait can return.)
 pub const WORKER_RING: u32 = 4096;
-/// The same for a control-plane thread (admin API, health prober), which
-/// has a few operations in flight, not thousands. The rings are mapped and
+/// The same for the control plane's thread (admin API and health prober),
+/// which has a few operations in flight, not thousands. The rings are mapped and
 /// resident from the start, and their size is the entries' (64 bytes each)
 /// plus the completion queue's (twice as many, 16 bytes each): 404 KiB at
 /// 4,096 entries, 26 KiB at 256. A burst of more submissions than this is
