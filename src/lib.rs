@@ -5,7 +5,8 @@
 //! In the order a request flows:
 //! - [`cli`], [`config`]: command line and JSON settings, validated up front,
 //!   and the data path's settings (`ProxySettings`) made from them.
-//! - [`server`]: starts the topology: control plane, workers, admin, mock backends.
+//! - [`server`]: starts the topology: workers, the control plane's thread
+//!   (admin API and health prober), mock backends.
 //! - [`worker`]: one pinned thread per core with its own SO_REUSEPORT listener,
 //!   applying pool updates between requests.
 //! - [`accept`]: the accept loop (with backoff on errors) of the proxy's and
@@ -21,7 +22,8 @@
 //! - [`pool`]: authoritative backend pool (control plane) and each core's view,
 //!   linked by versioned snapshots over crossbeam channels.
 //! - [`balance`]: the `Strategy` trait and its strategies, one file each.
-//! - [`health`]: the one active prober thread, the rise/fall state machine,
+//! - [`health`]: the one active prober (a task on the control plane's
+//!   thread, beside the admin API), the rise/fall state machine,
 //!   passive ejection and the transitions `/status` shows.
 //! - [`upstream`]: backend connections and the per-core idle keep-alive pool.
 //! - [`buffer`]: per-core pool of I/O buffers, and reads that append to one.

@@ -16,8 +16,16 @@ use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::config::DriverChoice;
 
-/// Submission queue entries per ring; completions in flight are not bounded by it.
-const RING_ENTRIES: u32 = 4096;
+/// Submission queue entries of a worker core's ring; completions in flight
+/// are not bounded by it. (With epoll: the events one wait can return.)
+pub const WORKER_RING: u32 = 4096;
+/// The same for the control plane's thread (admin API and health prober),
+/// which has a few operations in flight, not thousands. The rings are mapped and
+/// resident from the start, and their size is the entries' (64 bytes each)
+/// plus the completion queue's (twice as many, 16 bytes each): 404 KiB at
+/// 4,096 entries, 26 KiB at 256. A burst of more submissions than this is
+/// submitted in batches, and the kernel holds completions that overflow.
+pub const CONTROL_RING: u32 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverKind {
@@ -75,16 +83,17 @@ fn probe_here(choice: DriverChoice) -> Result<DriverKind, UringUnavailable> {
     }
 }
 
-/// Runs `make()`'s future to completion on a new runtime of `kind`, on the
-/// calling thread (the ring must be created by the thread that uses it).
-pub fn block_on<F, Fut>(kind: DriverKind, make: F) -> io::Result<Fut::Output>
+/// Runs `make()`'s future to completion on a new runtime of `kind` with
+/// `entries` ring entries, on the calling thread (the ring must be created
+/// by the thread that uses it).
+pub fn block_on<F, Fut>(kind: DriverKind, entries: u32, make: F) -> io::Result<Fut::Output>
 where
     F: FnOnce() -> Fut,
     Fut: Future,
 {
     match kind {
         DriverKind::UringTuned | DriverKind::Uring => {
-            let mut builder = RuntimeBuilder::<IoUringDriver>::new().with_entries(RING_ENTRIES);
+            let mut builder = RuntimeBuilder::<IoUringDriver>::new().with_entries(entries);
             if kind == DriverKind::UringTuned {
                 builder = builder.uring_builder(tuned_builder());
             }
@@ -95,7 +104,7 @@ where
         DriverKind::Epoll => {
             let mut runtime: monoio::Runtime<TimeDriver<LegacyDriver>> =
                 RuntimeBuilder::<LegacyDriver>::new()
-                    .with_entries(RING_ENTRIES)
+                    .with_entries(entries)
                     .enable_timer()
                     .build()?;
             Ok(runtime.block_on(make()))

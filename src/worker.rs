@@ -54,7 +54,7 @@ pub fn spawn(spec: WorkerSpec) -> std::io::Result<JoinHandle<()>> {
         }
         let index = spec.index;
         let driver = spec.driver;
-        if let Err(error) = runtime::block_on(driver, move || run_core(spec)) {
+        if let Err(error) = runtime::block_on(driver, runtime::WORKER_RING, move || run_core(spec)) {
             tracing::error!(worker = index, %error, driver = driver.name(), "worker could not start its runtime");
         }
     })

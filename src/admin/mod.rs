@@ -1,5 +1,6 @@
-//! The admin API (control plane), on a thread and monoio runtime of its own so
-//! that no operator request ever runs on a worker core. The contract is
+//! The admin API (control plane), on the control plane's thread and monoio
+//! runtime (shared with the health prober; see `server`), so that no
+//! operator request ever runs on a worker core. The contract is
 //! `docs/admin-api.md`.
 //!
 //! - `connection`: HTTP/1.1 per connection, with monoio-http's h1 codec,
@@ -31,7 +32,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
@@ -40,9 +40,8 @@ use monoio::net::TcpStream;
 use crate::accept::accept_loop;
 use crate::config::AdminToken;
 use crate::pool::ControlPlane;
-use crate::runtime::{self, DriverKind};
 
-/// How often the admin thread looks at the process-wide shutdown flag.
+/// How often the admin API looks at the process-wide shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
 /// Admin connections open at once; more are answered 503 and closed.
 /// Operators and scripts need a handful; the cap keeps a runaway script from
@@ -58,27 +57,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// channel holds about a second's worth between reads.
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the admin thread serving `listener`; it returns soon after
-/// `shutdown` is set.
-pub fn start(
-    listener: TcpListener,
-    plane: Arc<ControlPlane>,
-    token: Option<AdminToken>,
-    driver: DriverKind,
-    shutdown: Arc<AtomicBool>,
-) -> io::Result<JoinHandle<()>> {
-    // monoio's epoll driver needs a non-blocking socket; io_uring does not mind.
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("percore-admin".into()).spawn(move || {
-        if let Err(error) =
-            runtime::block_on(driver, move || serve(listener, plane, token, shutdown))
-        {
-            tracing::error!(%error, driver = driver.name(), "admin API could not start its runtime");
-        }
-    })
-}
-
-/// What every admin connection shares, on the admin thread only.
+/// What every admin connection shares, on the control plane's thread only.
 pub(crate) struct AdminContext {
     pub plane: Arc<ControlPlane>,
     pub token: Option<AdminToken>,
@@ -86,7 +65,10 @@ pub(crate) struct AdminContext {
     open_connections: Cell<usize>,
 }
 
-async fn serve(
+/// Serves the admin API on `listener` (non-blocking: monoio's epoll driver
+/// needs it) until `shutdown` is set, then gives open connections a moment
+/// to close.
+pub async fn serve(
     listener: TcpListener,
     plane: Arc<ControlPlane>,
     token: Option<AdminToken>,

@@ -1,7 +1,7 @@
 //! Health: the settings, the control plane's record of every backend's
 //! health (probe results, transitions, ejections) and the link from the data
 //! path's passive detection to it. The state machine is pure (`state`); one
-//! prober thread for the whole process drives it (`prober`), and every flip
+//! prober task for the whole process drives it (`prober`), and every flip
 //! is published to the cores as a pool snapshot like any other change.
 
 mod probe;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam::channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
-pub use prober::start_prober;
+pub use prober::run_prober;
 pub use state::{HealthRecord, LastCheck, ProbeResult, Thresholds, Transition};
 
 use crate::pool::{BackendId, BackendState, ControlPlane};

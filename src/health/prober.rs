@@ -1,5 +1,5 @@
-//! The process's one active prober: its own unpinned thread with its own
-//! monoio runtime (never a task on a worker core), probing every backend
+//! The process's one active prober: a task on the control plane's thread,
+//! beside the admin API (never on a worker core), probing every backend
 //! every `interval` with a little jitter so many backends' probes spread
 //! out, one task per probe so a frozen backend delays nothing else. Each
 //! tick it also applies the passive ejections the cores reported and picks
@@ -10,11 +10,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::pool::{BackendId, ControlPlane};
-use crate::runtime::{self, DriverKind};
 
 use monoio::net::TcpStream;
 
@@ -29,21 +27,6 @@ const TICK: Duration = Duration::from_millis(20);
 /// The shortest sleep between looks.
 const BATCH: Duration = Duration::from_millis(10);
 
-/// Starts the prober thread; it stops when `shutdown` is set.
-pub fn start_prober(
-    plane: Arc<ControlPlane>,
-    driver: DriverKind,
-    shutdown: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("percore-health".into())
-        .spawn(move || {
-            if let Err(error) = runtime::block_on(driver, move || run(plane, shutdown)) {
-                tracing::error!(%error, "the health prober could not start its runtime");
-            }
-        })
-}
-
 struct Schedule {
     next: Instant,
     in_flight: Rc<Cell<bool>>,
@@ -53,7 +36,9 @@ struct Schedule {
     kept: Rc<Cell<Option<TcpStream>>>,
 }
 
-async fn run(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
+/// Probes the pool's backends until `shutdown` is set; a task on the
+/// control plane's runtime.
+pub async fn run_prober(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
     let mut settings = plane.health.settings();
     let mut jitter = Jitter::seeded();
     let mut schedules: HashMap<BackendId, Schedule> = HashMap::new();

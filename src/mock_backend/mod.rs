@@ -114,8 +114,9 @@ impl MockBackend {
         let thread = std::thread::Builder::new()
             .name(format!("mock-{}", addr.port()))
             .spawn(move || {
-                let result =
-                    runtime::block_on(driver, move || accept_loop(listener, Rc::new(shared), stop));
+                let result = runtime::block_on(driver, runtime::WORKER_RING, move || {
+                    accept_loop(listener, Rc::new(shared), stop)
+                });
                 if let Err(error) = result {
                     tracing::error!(%error, "mock backend could not start its runtime");
                 }
