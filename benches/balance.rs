@@ -16,7 +16,7 @@ fn pool_with(backends: usize, strategy: StrategyKind) -> std::rc::Rc<LocalPool> 
             .expect("valid backend");
     }
     let pool = LocalPool::new(0, plane.round_robin.clone());
-    pool.apply(&receivers[0].try_iter().last().expect("snapshot"));
+    pool.apply(&receivers[0].updates.try_iter().last().expect("snapshot"));
     pool
 }
 

@@ -21,6 +21,8 @@
 //!   header rewriting. No I/O.
 //! - [`pool`]: authoritative backend pool (control plane) and each core's view,
 //!   linked by versioned snapshots over crossbeam channels.
+//! - [`doorbell`]: how the control plane wakes a core (or its own prober and
+//!   admin API) at once for news, so that nothing polls while idle.
 //! - [`balance`]: the `Strategy` trait and its strategies, one file each.
 //! - [`health`]: the one active prober (a task on the control plane's
 //!   thread, beside the admin API), the rise/fall state machine,
@@ -47,6 +49,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod ctl;
+pub mod doorbell;
 pub mod failure_log;
 pub mod health;
 pub mod http1;

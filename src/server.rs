@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::config::{AdminToken, Config, ConfigError};
+use crate::doorbell::{Bell, Doorbell, doorbell};
 use crate::mock_backend::{MockBackend, MockConfig};
 use crate::pool::{ControlPlane, PoolError};
 use crate::runtime::{self, DriverKind, UringUnavailable};
@@ -61,17 +62,24 @@ pub struct Server {
     /// the workers end.
     threads: Vec<JoinHandle<()>>,
     mocks: Vec<MockBackend>,
+    /// Wakes the admin API to see `shutdown`.
+    admin_doorbell: Doorbell,
 }
 
 /// Starts a graceful drain of a running server from any thread: what a
 /// signal handler holds.
 #[derive(Clone)]
-pub struct DrainHandle(Arc<AtomicBool>);
+pub struct DrainHandle {
+    drain: Arc<AtomicBool>,
+    plane: Arc<ControlPlane>,
+}
 
 impl DrainHandle {
     /// Starts the drain; `false` if one was already under way.
     pub fn drain(&self) -> bool {
-        !self.0.swap(true, Ordering::AcqRel)
+        let started = !self.drain.swap(true, Ordering::AcqRel);
+        self.plane.wake_cores();
+        started
     }
 }
 
@@ -126,7 +134,7 @@ impl Server {
             tracing::info!(backends = ?urls, "no backend configured: started the mock backends");
         }
 
-        let (plane, receivers) =
+        let (plane, inboxes) =
             ControlPlane::with_health(workers, config.strategy, config.health_settings());
         plane.set_own_listeners(&[proxy_addr, admin_addr]);
         plane.set_proxy_settings(config.proxy_settings());
@@ -140,13 +148,13 @@ impl Server {
         let drain = Arc::new(AtomicBool::new(false));
         let settings = config.proxy_settings();
         let mut workers = Vec::new();
-        for (index, (listener, updates)) in listeners.into_iter().zip(receivers).enumerate() {
+        for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let core_id = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let spec = WorkerSpec {
                 index,
                 core_id,
                 listener,
-                updates,
+                inbox,
                 plane: plane.clone(),
                 settings,
                 driver,
@@ -155,6 +163,7 @@ impl Server {
             };
             workers.push(worker::spawn(spec).map_err(StartError::Thread)?);
         }
+        let (admin_doorbell, admin_bell) = doorbell();
         let threads = vec![
             start_control_thread(
                 admin_listener,
@@ -162,6 +171,7 @@ impl Server {
                 config.admin_token.clone(),
                 driver,
                 shutdown.clone(),
+                admin_bell,
             )
             .map_err(StartError::Thread)?,
         ];
@@ -184,6 +194,7 @@ impl Server {
             workers,
             threads,
             mocks,
+            admin_doorbell,
         })
     }
 
@@ -220,7 +231,10 @@ impl Server {
 
     /// What starts a graceful drain from another thread.
     pub fn drain_handle(&self) -> DrainHandle {
-        DrainHandle(self.drain.clone())
+        DrainHandle {
+            drain: self.drain.clone(),
+            plane: self.plane.clone(),
+        }
     }
 
     /// Stops accepting, closes every connection and joins the threads.
@@ -230,6 +244,9 @@ impl Server {
 
     fn stop(&mut self) {
         self.shutdown.store(true, Ordering::Release);
+        self.plane.wake_cores();
+        self.plane.health.wake_prober();
+        self.admin_doorbell.ring();
         for thread in self.workers.drain(..).chain(self.threads.drain(..)) {
             let _ = thread.join();
         }
@@ -247,6 +264,7 @@ fn start_control_thread(
     token: Option<AdminToken>,
     driver: DriverKind,
     shutdown: Arc<AtomicBool>,
+    admin_bell: Bell,
 ) -> io::Result<JoinHandle<()>> {
     // monoio's epoll driver needs a non-blocking socket; io_uring does not mind.
     admin_listener.set_nonblocking(true)?;
@@ -258,9 +276,9 @@ fn start_control_thread(
                 if probing {
                     monoio::spawn(crate::health::run_prober(plane.clone(), shutdown.clone()));
                 }
-                // Returns once `shutdown` is set; the runtime then drops the
-                // prober, which stops on the same flag.
-                crate::admin::serve(admin_listener, plane, token, shutdown).await;
+                // Returns once `shutdown` is set (and the bell rung); the
+                // runtime then drops the prober, which stops on the same flag.
+                crate::admin::serve(admin_listener, plane, token, shutdown, admin_bell).await;
             };
             if let Err(error) = runtime::block_on(driver, runtime::CONTROL_RING, control) {
                 tracing::error!(%error, driver = driver.name(), "the control plane could not start its runtime");

@@ -1,7 +1,8 @@
 //! Worker cores: one OS thread per core, pinned with core_affinity, each
 //! running its own monoio runtime with its own SO_REUSEPORT listener, its own
 //! view of the pool and its own buffers. Between requests each core applies
-//! the pool snapshots the control plane fanned out, and reports the version.
+//! the pool snapshots the control plane fanned out, and reports the version;
+//! the control plane's doorbell wakes it for them, so an idle core sleeps.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
@@ -11,29 +12,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::Receiver;
 use monoio::io::Canceller;
 use monoio::net::TcpStream;
 
 use crate::accept::{accept_loop, accept_queued};
 use crate::config::ProxySettings;
-use crate::pool::{ControlPlane, LocalPool, PoolSnapshot};
+use crate::doorbell::LocalBell;
+use crate::pool::{ControlPlane, Inbox, LocalPool};
 use crate::proxy::{CoreContext, serve_client};
 use crate::runtime::{self, DriverKind};
 
-/// How often an idle core looks for pool updates and the shutdown flag.
-/// A busy core applies them just as promptly: this task runs between requests.
-const CONTROL_TICK: Duration = Duration::from_millis(10);
 /// How long shutdown waits for closed connections' tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// How often idle upstream connections past their timeout are closed.
-const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// How often a core sweeps: latency interval, expired connections, unused
+/// buffers (see `sweep_parked`).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 pub struct WorkerSpec {
     pub index: usize,
     pub core_id: Option<core_affinity::CoreId>,
     pub listener: TcpListener,
-    pub updates: Receiver<Arc<PoolSnapshot>>,
+    /// Pool snapshots, and the bell rung for them and for shutdown or drain.
+    pub inbox: Inbox,
     pub plane: Arc<ControlPlane>,
     pub settings: ProxySettings,
     pub driver: DriverKind,
@@ -64,7 +64,7 @@ async fn run_core(spec: WorkerSpec) {
     let WorkerSpec {
         index,
         listener,
-        updates,
+        inbox,
         plane,
         settings,
         shutdown,
@@ -72,7 +72,7 @@ async fn run_core(spec: WorkerSpec) {
         ..
     } = spec;
     let pool = LocalPool::new(index, plane.round_robin.clone());
-    apply_updates(&pool, &updates, &plane);
+    apply_updates(&pool, &inbox.updates, &plane);
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -87,7 +87,7 @@ async fn run_core(spec: WorkerSpec) {
     monoio::spawn(sweep_parked(core.clone(), shutdown.clone()));
     monoio::spawn(control_loop(
         pool.clone(),
-        updates,
+        inbox,
         plane,
         [shutdown.clone(), drain.clone()],
         canceller,
@@ -192,19 +192,21 @@ const FRESH_GRACE: Duration = Duration::from_secs(1);
 /// Once a second: hands the second's latency samples to the control plane,
 /// closes parked client connections whose idle timeout has passed and resets
 /// clients that stopped reading (see `close_expired`), so an idle timeout is
-/// honoured to within a second, frees the buffers that went unused for that
-/// second, and publishes the core's count of parked connections to its
+/// honoured to within a second, closes idle upstream connections past theirs,
+/// frees the buffers that went unused for that second, and publishes the core's count of parked connections to its
 /// `WorkerStats`.
 async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
     let mut parked_before = 0;
     let mut wave_before = false;
     while !shutdown.load(Ordering::Acquire) {
-        monoio::time::sleep(PRUNE_EVERY).await;
+        monoio::time::sleep(SWEEP_EVERY).await;
         let now = Instant::now();
         // The latency interval ends here: a second's samples go to the
         // control plane (see `latency`).
         core.recorder.rotate(now);
         core.close_expired(now);
+        core.pool
+            .prune_idle(now, core.settings().upstream_idle_timeout);
         let freed = core.trim_buffers();
         let parked = core.parked_total();
         core.plane
@@ -229,19 +231,20 @@ const TRIM_AFTER_PARKED: u64 = 1000;
 /// Buffer bytes freed by one sweep that make it worth the same.
 const TRIM_AFTER_FREED: usize = 1 << 20;
 
-/// Applies pool updates, prunes idle upstream connections, and stops the
-/// accept loop on shutdown.
+/// Applies pool updates and stops the accept loop on shutdown or drain,
+/// each as soon as the control plane rings.
 async fn control_loop(
     pool: Rc<LocalPool>,
-    updates: Receiver<Arc<PoolSnapshot>>,
+    inbox: Inbox,
     plane: Arc<ControlPlane>,
     [shutdown, drain]: [Arc<AtomicBool>; 2],
     canceller: Canceller,
 ) {
-    let mut last_prune = Instant::now();
+    let Inbox { updates, bell } = inbox;
+    let mut bell: LocalBell = bell.local();
     let mut canceller = Some(canceller);
     loop {
-        monoio::time::sleep(CONTROL_TICK).await;
+        bell.rung().await;
         if shutdown.load(Ordering::Acquire) {
             if let Some(canceller) = canceller.take() {
                 canceller.cancel();
@@ -256,15 +259,15 @@ async fn control_loop(
             canceller.cancel();
         }
         apply_updates(&pool, &updates, &plane);
-        if last_prune.elapsed() >= PRUNE_EVERY {
-            last_prune = Instant::now();
-            pool.prune_idle(last_prune, pool.settings().upstream_idle_timeout);
-        }
     }
 }
 
 /// Applies the newest pending snapshot and publishes the applied version.
-fn apply_updates(pool: &LocalPool, updates: &Receiver<Arc<PoolSnapshot>>, plane: &ControlPlane) {
+fn apply_updates(
+    pool: &LocalPool,
+    updates: &crossbeam::channel::Receiver<Arc<crate::pool::PoolSnapshot>>,
+    plane: &ControlPlane,
+) {
     if let Some(newest) = updates.try_iter().max_by_key(|snapshot| snapshot.version) {
         pool.apply(&newest);
     }

@@ -35,14 +35,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
+
+use crate::doorbell::Bell;
 use monoio::net::TcpStream;
 
 use crate::accept::accept_loop;
 use crate::config::AdminToken;
 use crate::pool::ControlPlane;
 
-/// How often the admin API looks at the process-wide shutdown flag.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
 /// Admin connections open at once; more are answered 503 and closed.
 /// Operators and scripts need a handful; the cap keeps a runaway script from
 /// exhausting the process's file descriptors, which the workers share.
@@ -66,13 +66,14 @@ pub(crate) struct AdminContext {
 }
 
 /// Serves the admin API on `listener` (non-blocking: monoio's epoll driver
-/// needs it) until `shutdown` is set, then gives open connections a moment
-/// to close.
+/// needs it) until `shutdown` is set and `bell` rung, then gives open
+/// connections a moment to close.
 pub async fn serve(
     listener: TcpListener,
     plane: Arc<ControlPlane>,
     token: Option<AdminToken>,
     shutdown: Arc<AtomicBool>,
+    bell: Bell,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
@@ -89,7 +90,7 @@ pub async fn serve(
     });
     let canceller = Canceller::new();
     let stop_accepting = canceller.handle();
-    monoio::spawn(watch_shutdown(shutdown, context.clone(), canceller));
+    monoio::spawn(watch_shutdown(shutdown, bell, context.clone(), canceller));
     monoio::spawn(collect_latency(context.clone()));
 
     accept_loop(
@@ -162,11 +163,13 @@ async fn collect_latency(context: Rc<AdminContext>) {
 
 async fn watch_shutdown(
     shutdown: Arc<AtomicBool>,
+    bell: Bell,
     context: Rc<AdminContext>,
     canceller: Canceller,
 ) {
+    let mut bell = bell.local();
     while !shutdown.load(Ordering::Acquire) {
-        monoio::time::sleep(SHUTDOWN_POLL).await;
+        bell.rung().await;
     }
     context.stopping.set();
     canceller.cancel();

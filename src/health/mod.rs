@@ -17,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 pub use prober::run_prober;
 pub use state::{HealthRecord, LastCheck, ProbeResult, Thresholds, Transition};
 
+use crate::doorbell::{Bell, Doorbell, doorbell};
 use crate::pool::{BackendId, BackendState, ControlPlane};
 
 /// Active and passive health-check settings.
@@ -63,6 +64,8 @@ pub struct PassiveLink {
     pub threshold: u32,
     pub slow_start: Duration,
     pub ejections: Sender<Ejection>,
+    /// Rung after an ejection is sent: the prober applies it at once.
+    pub prober: Doorbell,
 }
 
 /// The control plane's health records, one per backend in the pool.
@@ -72,16 +75,24 @@ pub struct HealthBoard {
     records: Mutex<HashMap<BackendId, HealthRecord>>,
     ejections_tx: Sender<Ejection>,
     ejections_rx: Receiver<Ejection>,
+    /// Wakes the prober: a new or removed backend, new settings, an
+    /// ejection, shutdown.
+    prober: Doorbell,
+    /// The prober's end, taken by the task that probes.
+    prober_bell: Mutex<Option<Bell>>,
 }
 
 impl HealthBoard {
     pub fn new(settings: HealthSettings) -> HealthBoard {
         let (ejections_tx, ejections_rx) = crossbeam::channel::unbounded();
+        let (prober, bell) = doorbell();
         HealthBoard {
             settings: RwLock::new(settings),
             records: Mutex::new(HashMap::new()),
             ejections_tx,
             ejections_rx,
+            prober,
+            prober_bell: Mutex::new(Some(bell)),
         }
     }
 
@@ -94,6 +105,18 @@ impl HealthBoard {
     /// cores (passive detection, slow start) from the next snapshot.
     pub fn set_settings(&self, settings: HealthSettings) {
         *self.settings.write() = settings;
+        self.wake_prober();
+    }
+
+    /// Makes the prober look now at the pool, the settings, the ejections
+    /// and the shutdown flag.
+    pub fn wake_prober(&self) {
+        self.prober.ring();
+    }
+
+    /// The bell `wake_prober` rings, for the one prober; `None` once taken.
+    pub fn take_prober_bell(&self) -> Option<Bell> {
+        self.prober_bell.lock().take()
     }
 
     pub fn link(&self) -> PassiveLink {
@@ -102,6 +125,7 @@ impl HealthBoard {
             threshold: settings.passive_failures,
             slow_start: settings.slow_start,
             ejections: self.ejections_tx.clone(),
+            prober: self.prober.clone(),
         }
     }
 

@@ -1,9 +1,10 @@
 //! The process's one active prober: a task on the control plane's thread,
 //! beside the admin API (never on a worker core), probing every backend
 //! every `interval` with a little jitter so many backends' probes spread
-//! out, one task per probe so a frozen backend delays nothing else. Each
-//! tick it also applies the passive ejections the cores reported and picks
-//! up backends added or removed at run time (a new one is probed at once).
+//! out, one task per probe so a frozen backend delays nothing else. It
+//! sleeps until the next probe is due or its doorbell rings: the cores ring
+//! it with a passive ejection, the pool with a backend added or removed (a
+//! new one is probed at once), a reload with new settings, and shutdown.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -18,14 +19,12 @@ use monoio::net::TcpStream;
 
 use super::probe::{probe, request};
 
-/// The longest the prober sleeps between looks for due probes, new
-/// backends and the cores' ejections: the delay of a new backend's first
-/// probe and of an ejection reaching the other cores (the reporting core
-/// stops picking the backend at once). Each look costs a lock and a scan of
-/// the schedules, so it is not made more often than needed.
-const TICK: Duration = Duration::from_millis(20);
-/// The shortest sleep between looks.
+/// The shortest sleep between looks for due probes: probes due within a
+/// few milliseconds of each other go out on one wake-up.
 const BATCH: Duration = Duration::from_millis(10);
+/// The sleep when no probe is due at all (no backends): only the doorbell
+/// wakes the prober then, in practice.
+const NOTHING_DUE: Duration = Duration::from_secs(3600);
 
 struct Schedule {
     next: Instant,
@@ -43,6 +42,13 @@ pub async fn run_prober(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
     let mut jitter = Jitter::seeded();
     let mut schedules: HashMap<BackendId, Schedule> = HashMap::new();
     let mut seen_version = u64::MAX;
+    let mut bell = match plane.health.take_prober_bell() {
+        Some(bell) => bell.local(),
+        None => {
+            tracing::error!("a second prober was started; it does not run");
+            return;
+        }
+    };
     while !shutdown.load(Ordering::Acquire) {
         plane.apply_ejections();
         let now = Instant::now();
@@ -98,10 +104,11 @@ pub async fn run_prober(plane: Arc<ControlPlane>, shutdown: Arc<AtomicBool>) {
         }
         let next_due = schedules.values().map(|schedule| schedule.next).min();
         let now = Instant::now();
-        let nap = next_due.map_or(TICK, |due| due.saturating_duration_since(now).min(TICK));
-        // Probes due within a few milliseconds of each other go out on one
-        // wake-up: fewer wake-ups and ring submissions per probe.
-        monoio::time::sleep(nap.max(BATCH)).await;
+        let nap = next_due.map_or(NOTHING_DUE, |due| due.saturating_duration_since(now));
+        monoio::select! {
+            _ = monoio::time::sleep(nap.max(BATCH)) => {}
+            _ = bell.rung() => {}
+        }
     }
 }
 

@@ -264,6 +264,7 @@ impl LocalPool {
                 id: backend.backend.id,
                 failures,
             });
+            link.prober.ring();
         }
     }
 

@@ -3,10 +3,11 @@
 //!
 //! Changes (add, remove, up/down, strategy) are made under a `parking_lot`
 //! lock on the control plane, which then fans an immutable, versioned
-//! `PoolSnapshot` out to every core over a `crossbeam` channel. A core applies
-//! the newest snapshot between requests and publishes the version it applied,
-//! so a caller (admin API, health checker) can wait until every core routes by
-//! it. Requests already in flight keep the backend they picked.
+//! `PoolSnapshot` out to every core over a `crossbeam` channel and rings the
+//! core's doorbell. A core applies the newest snapshot between requests and
+//! publishes the version it applied, so a caller (admin API, health checker)
+//! can wait until every core routes by it. Requests already in flight keep the
+//! backend they picked.
 
 mod local;
 
@@ -24,6 +25,7 @@ pub use local::{FROZEN_FACTOR, FROZEN_FLOOR, LocalBackend, LocalPool, MAX_ATTEMP
 
 use crate::balance::{SharedCursor, StrategyKind};
 use crate::config::ProxySettings;
+use crate::doorbell::{Bell, Doorbell, doorbell};
 use crate::health::{HealthBoard, HealthSettings, PassiveLink};
 use crate::latency::LatencyWindows;
 use crate::metrics::{BackendCounters, PerCore, WorkerStats};
@@ -140,6 +142,13 @@ pub enum PoolError {
     Weight(u32),
 }
 
+/// What one core receives from the control plane: the snapshots, and the
+/// bell rung after each is sent (and on shutdown or drain).
+pub struct Inbox {
+    pub updates: Receiver<Arc<PoolSnapshot>>,
+    pub bell: Bell,
+}
+
 struct PoolState {
     version: u64,
     strategy: StrategyKind,
@@ -153,7 +162,8 @@ struct PoolState {
 /// The authoritative pool, owned by the control plane.
 pub struct ControlPlane {
     state: Mutex<PoolState>,
-    senders: Vec<Sender<Arc<PoolSnapshot>>>,
+    /// Each core's snapshot channel and doorbell.
+    outboxes: Vec<(Sender<Arc<PoolSnapshot>>, Doorbell)>,
     pub workers: PerCore<WorkerStats>,
     pub started: Instant,
     /// Round-robin's rotation, shared by the cores.
@@ -172,10 +182,7 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// A pool for `cores` workers; returns the receivers, one per core.
-    pub fn new(
-        cores: usize,
-        strategy: StrategyKind,
-    ) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
+    pub fn new(cores: usize, strategy: StrategyKind) -> (Arc<ControlPlane>, Vec<Inbox>) {
         ControlPlane::with_health(cores, strategy, HealthSettings::default())
     }
 
@@ -184,9 +191,14 @@ impl ControlPlane {
         cores: usize,
         strategy: StrategyKind,
         health: HealthSettings,
-    ) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..cores).map(|_| crossbeam::channel::unbounded()).unzip();
+    ) -> (Arc<ControlPlane>, Vec<Inbox>) {
+        let (outboxes, inboxes): (Vec<_>, Vec<_>) = (0..cores)
+            .map(|_| {
+                let (sender, updates) = crossbeam::channel::unbounded();
+                let (doorbell, bell) = doorbell();
+                ((sender, doorbell), Inbox { updates, bell })
+            })
+            .unzip();
         let plane = ControlPlane {
             state: Mutex::new(PoolState {
                 version: 0,
@@ -196,7 +208,7 @@ impl ControlPlane {
                 warming: HashMap::new(),
                 settings: ProxySettings::default(),
             }),
-            senders,
+            outboxes,
             workers: PerCore::new(cores),
             started: Instant::now(),
             round_robin: SharedCursor::default(),
@@ -205,11 +217,19 @@ impl ControlPlane {
             reloader: OnceLock::new(),
             health: HealthBoard::new(health),
         };
-        (Arc::new(plane), receivers)
+        (Arc::new(plane), inboxes)
     }
 
     pub fn cores(&self) -> usize {
-        self.senders.len()
+        self.outboxes.len()
+    }
+
+    /// Rings every core's doorbell: for a change outside the snapshots
+    /// (shutdown, drain) that the cores should see now.
+    pub fn wake_cores(&self) {
+        for (_, doorbell) in &self.outboxes {
+            doorbell.ring();
+        }
     }
 
     /// Records percore's own listening addresses, refused as backends.
@@ -389,10 +409,13 @@ impl ControlPlane {
             passive: Some(self.health.link()),
             settings: state.settings,
         });
-        for sender in &self.senders {
+        for (sender, doorbell) in &self.outboxes {
             // A core that has exited (shutdown) has dropped its receiver: nothing to update.
             let _ = sender.send(snapshot.clone());
+            doorbell.ring();
         }
+        // The prober probes a new backend at once, and forgets a removed one.
+        self.health.wake_prober();
         state.version
     }
 

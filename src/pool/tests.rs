@@ -79,14 +79,14 @@ fn snapshots_fan_out_and_apply_in_order() {
         PoolError::Duplicate("http://127.1:9002".into())
     );
     let local = LocalPool::new(0, plane.round_robin.clone());
-    let snapshots: Vec<_> = receivers[0].try_iter().collect();
+    let snapshots: Vec<_> = receivers[0].updates.try_iter().collect();
     assert_eq!(snapshots.len(), 2);
     local.apply(&snapshots[1]);
     local.apply(&snapshots[0]); // stale: ignored
     assert_eq!((local.version(), local.len()), (v2, 2));
 
     let v3 = plane.set_state(a.id, BackendState::Down).unwrap();
-    local.apply(&receivers[0].try_recv().unwrap());
+    local.apply(&receivers[0].updates.try_recv().unwrap());
     assert_eq!(local.version(), v3);
     let now = Instant::now();
     for _ in 0..4 {
@@ -94,10 +94,10 @@ fn snapshots_fan_out_and_apply_in_order() {
     }
     assert!(local.pick(&[b.id], now).is_none());
     plane.remove_backend(b.id).unwrap();
-    local.apply(&receivers[0].try_recv().unwrap());
+    local.apply(&receivers[0].updates.try_recv().unwrap());
     assert_eq!(local.len(), 1);
     assert!(local.pick(&[], now).is_none());
-    assert_eq!(receivers[1].try_iter().count(), 4);
+    assert_eq!(receivers[1].updates.try_iter().count(), 4);
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn passive_failures_exclude_at_once_and_eject_everywhere() {
     let cores: Vec<_> = (0..2)
         .map(|core| {
             let local = LocalPool::new(core, plane.round_robin.clone());
-            local.apply(&receivers[core].try_iter().last().unwrap());
+            local.apply(&receivers[core].updates.try_iter().last().unwrap());
             local
         })
         .collect();
@@ -130,7 +130,7 @@ fn passive_failures_exclude_at_once_and_eject_everywhere() {
         );
     }
     assert_eq!(plane.apply_ejections(), 1);
-    cores[1].apply(&receivers[1].try_iter().last().unwrap());
+    cores[1].apply(&receivers[1].updates.try_iter().last().unwrap());
     for _ in 0..4 {
         assert_ne!(
             cores[1].pick(&[], now).unwrap().backend.id,
@@ -141,11 +141,11 @@ fn passive_failures_exclude_at_once_and_eject_everywhere() {
     plane
         .set_state(other.backend.id, BackendState::Down)
         .unwrap();
-    cores[1].apply(&receivers[1].try_iter().last().unwrap());
+    cores[1].apply(&receivers[1].updates.try_iter().last().unwrap());
     assert!(cores[1].pick(&[], now).is_none(), "all down: no pick");
 }
 
-fn one_core(backends: u64) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>>>) {
+fn one_core(backends: u64) -> (Arc<ControlPlane>, Vec<Inbox>) {
     let (plane, receivers) = ControlPlane::new(1, StrategyKind::RoundRobin);
     for port in 0..backends {
         plane
@@ -159,7 +159,7 @@ fn one_core(backends: u64) -> (Arc<ControlPlane>, Vec<Receiver<Arc<PoolSnapshot>
 fn a_backend_far_above_its_share_is_passed_over() {
     let (plane, receivers) = one_core(3);
     let local = LocalPool::new(0, plane.round_robin.clone());
-    local.apply(&receivers[0].try_iter().last().unwrap());
+    local.apply(&receivers[0].updates.try_iter().last().unwrap());
     let now = Instant::now();
     let stuck = local.pick(&[], now).unwrap();
     let in_flight = &stuck.backend.counters.core(0).in_flight;
@@ -199,7 +199,7 @@ fn slow_start_admits_a_growing_share() {
     plane.settle();
     let (warm, _) = plane.add_backend("http://127.0.0.1:9002", 1).unwrap();
     let local = LocalPool::new(0, plane.round_robin.clone());
-    local.apply(&receivers[0].try_iter().last().unwrap());
+    local.apply(&receivers[0].updates.try_iter().last().unwrap());
     let share_at = |offset: Duration| {
         let now = Instant::now() + offset;
         let picks = (0..2000)
