@@ -302,4 +302,70 @@ both_drivers! {
         assert_eq!(response.status, 200, "{}", response.head);
         assert!(response.body_text().contains(&long_path), "head longer than the parked buffer must arrive whole");
     }
+
+    fn a_small_body_written_after_its_head_reaches_the_client_with_it(driver) {
+        // nginx serving a file writes the head and the body separately.
+        let backend = RawBackend::start(|mut conn: RawConn| {
+            while conn.read_request().is_some() {
+                conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n");
+                std::thread::sleep(Duration::from_millis(1));
+                conn.write(b"0123456789abcdef");
+            }
+        });
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        // The client waits in its read: a head sent on its own would be
+        // all that read returns.
+        let whole = (0..5)
+            .filter(|_| {
+                client.send(&get("/"));
+                let first = read_once(&mut client);
+                let response = client.read_response_after(first.clone());
+                assert_eq!(response.status, 200, "{}", response.head);
+                assert_eq!(response.body, b"0123456789abcdef");
+                first.ends_with(b"0123456789abcdef")
+            })
+            .count();
+        assert!(whole >= 3, "only {whole} of 5 responses arrived in one piece");
+    }
+
+    fn a_body_that_stalls_after_its_head_does_not_hold_the_head_back(driver) {
+        let backend = RawBackend::start(|mut conn: RawConn| {
+            while conn.read_request().is_some() {
+                conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n");
+                std::thread::sleep(Duration::from_millis(400));
+                conn.write(b"late");
+            }
+        });
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        let sent = std::time::Instant::now();
+        client.send(&get("/"));
+        let first = read_once(&mut client);
+        let head_after = sent.elapsed();
+        assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
+        assert!(head_after < Duration::from_millis(200), "the head came after {head_after:?}, with the body");
+        let response = client.read_response_after(first);
+        assert_eq!(response.body, b"late");
+    }
+
+    fn a_small_body_cut_before_the_head_went_out_is_answered_502(driver) {
+        let backend = RawBackend::answer_then_close(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b".to_vec());
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let mut client = Client::connect(server.proxy_addr());
+        let response = client.get("/");
+        assert_eq!(response.status, 502, "{}", response.head);
+    }
+}
+
+/// One read from the proxy: what arrived by the time the first bytes did.
+fn read_once(client: &mut Client) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0; 4096];
+    let n = client
+        .stream
+        .read(&mut buf)
+        .expect("reading from the proxy");
+    buf.truncate(n);
+    buf
 }

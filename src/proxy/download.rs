@@ -8,12 +8,13 @@ use std::io;
 use std::ops::Range;
 use std::time::Instant;
 
+use monoio::io::Canceller;
 use monoio::net::tcp::TcpOwnedReadHalf;
 
 use super::client::ClientOutput;
 use super::core::{CoreContext, HEADROOM};
 use super::plan::{Plan, UploadProgress};
-use crate::buffer::read_spare;
+use crate::buffer::{read_spare, read_spare_cancelable};
 use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody};
 use crate::http1::{ChunkedDecoder, ResponseFraming, Version, header_slots, response};
@@ -28,6 +29,15 @@ const WATCH_TICKS: u32 = 20;
 /// Bodies up to this size are copied after the head; larger ones get the head
 /// moved in front of them instead.
 const COALESCE_COPY_MAX: usize = 2048;
+
+/// A Content-Length body up to this size that is not all there with its
+/// head is waited for (briefly, see `gather`), so that head and body reach
+/// the client in one write: a backend that writes them separately (nginx
+/// serving a file does) would otherwise cost the client an extra segment
+/// and wake-up, and the proxy an extra send, for about one response in six
+/// at 16 B and 4 KiB bodies. nginx holds small responses back the same way
+/// (`postpone_output`).
+const GATHER_MAX: usize = 16 * 1024;
 
 /// Room before a relayed read for its chunk-size line (hex digits and CRLF).
 const CHUNK_SIZE_ROOM: usize = 16;
@@ -314,6 +324,13 @@ impl Download<'_> {
     /// the head put in front of them.
     async fn relay_length(&mut self, head: &FinalHead, length: u64) -> Result<bool, DownloadError> {
         let body_start = head.body_start;
+        if let Ok(small) = usize::try_from(length)
+            && small <= GATHER_MAX
+            && self.response.len() < body_start + small
+            && body_start + small <= self.response.capacity()
+        {
+            self.gather(body_start + small).await?;
+        }
         let available = self.response.len() - body_start;
         let take = available.min(usize::try_from(length).unwrap_or(usize::MAX));
         let mut clean = available <= take;
@@ -338,6 +355,40 @@ impl Download<'_> {
             remaining -= take as u64;
         }
         Ok(clean)
+    }
+
+    /// Reads until `response` holds `end` bytes (a small body the backend
+    /// wrote after its head, usually microseconds behind it), for at most
+    /// one tick: a backend that stalls mid-body costs the client 5-10 ms
+    /// more before the head, not the stall. Bytes read past `end` stay for
+    /// the caller to judge.
+    async fn gather(&mut self, end: usize) -> Result<(), DownloadError> {
+        let mut tick = std::pin::pin!(self.core.ticker.wait(1));
+        let mut canceller = Canceller::new();
+        while self.response.len() < end {
+            let result = {
+                let mut read = std::pin::pin!(read_spare_cancelable(
+                    self.upstream,
+                    self.response,
+                    canceller.handle()
+                ));
+                monoio::select! {
+                    biased;
+                    result = read.as_mut() => result,
+                    _ = tick.as_mut() => {
+                        canceller = std::mem::take(&mut canceller).cancel();
+                        read.await
+                    }
+                }
+            };
+            match result {
+                Err(error) if error.raw_os_error() == Some(libc::ECANCELED) => return Ok(()),
+                result => {
+                    read_outcome(result)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A chunked body, decoded strictly and re-encoded canonically for an

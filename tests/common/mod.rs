@@ -439,6 +439,13 @@ impl Client {
             .unwrap_or_else(|e| panic!("reading a response: {e}"))
     }
 
+    /// Reads one response whose first bytes, `already`, the test read itself.
+    pub fn read_response_after(&mut self, mut already: Vec<u8>) -> Response {
+        already.append(&mut self.buf);
+        self.buf = already;
+        self.read_response()
+    }
+
     /// Reads one response to a HEAD request (no body whatever the framing).
     pub fn read_head_response(&mut self) -> Response {
         self.try_read_response(true)
