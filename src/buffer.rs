@@ -20,19 +20,30 @@ pub struct BufferPool {
     low_water: Cell<usize>,
     buffer_size: usize,
     max_free: usize,
+    /// Bytes a returned buffer keeps (see `keeping`).
+    keep: usize,
 }
 
 impl BufferPool {
     pub fn new(buffer_size: usize, max_free: usize) -> Self {
+        BufferPool::keeping(buffer_size, max_free, 0)
+    }
+
+    /// A pool whose returned buffers keep up to `keep` of their bytes, so
+    /// that a user who needs that many initialised bytes in front (headroom
+    /// to be overwritten) need not zero them again on every take.
+    pub fn keeping(buffer_size: usize, max_free: usize, keep: usize) -> Self {
         BufferPool {
             free: RefCell::new(Vec::new()),
             low_water: Cell::new(0),
             buffer_size,
             max_free,
+            keep,
         }
     }
 
-    /// An empty buffer with `buffer_size` capacity.
+    /// A buffer with `buffer_size` capacity, holding at most `keep` bytes
+    /// from its earlier use (none for a pool made with `new`).
     pub fn take(&self) -> Vec<u8> {
         let mut free = self.free.borrow_mut();
         let buf = free.pop();
@@ -48,7 +59,7 @@ impl BufferPool {
         }
         let mut free = self.free.borrow_mut();
         if free.len() < self.max_free {
-            buf.clear();
+            buf.truncate(self.keep);
             free.push(buf);
         }
     }
@@ -118,6 +129,19 @@ mod tests {
         pool.give(b);
         pool.give(Vec::with_capacity(64)); // over max_free: dropped
         assert_eq!(pool.free.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_pool_keeping_a_prefix_returns_buffers_with_at_most_that_prefix() {
+        let pool = BufferPool::keeping(64, 2, 8);
+        let mut long = pool.take();
+        long.extend_from_slice(b"0123456789abcdef");
+        let mut short = pool.take();
+        short.extend_from_slice(b"abc");
+        pool.give(long);
+        pool.give(short);
+        assert_eq!(pool.take(), b"abc");
+        assert_eq!(pool.take(), b"01234567");
     }
 
     #[test]

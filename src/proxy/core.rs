@@ -88,7 +88,7 @@ impl CoreContext {
             open_connections: RefCell::new(HashMap::new()),
             parked_total: Cell::new(0),
             draining: Cell::new(false),
-            relay_buffers: BufferPool::new(RELAY_BUFFER + HEADROOM, MAX_FREE_BUFFERS),
+            relay_buffers: BufferPool::keeping(RELAY_BUFFER + HEADROOM, MAX_FREE_BUFFERS, HEADROOM),
             buffers: BufferPool::new(settings.buffer_size, MAX_FREE_BUFFERS),
             pool,
             plane,

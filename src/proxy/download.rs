@@ -176,8 +176,16 @@ impl Download<'_> {
     /// still follow them.
     async fn read_final_head(&mut self) -> Result<FinalHead, DownloadError> {
         let mut deadline = self.core.ticker.now() + self.core.settings().response_timeout;
-        self.response.clear();
-        self.response.resize(HEADROOM, 0);
+        // The headroom is written before any of it is sent, so a buffer
+        // that held it already (from the pool, which keeps it) is not zeroed
+        // again: at a thousand connections the pool's buffers are cold and
+        // zeroing 1 KiB per response missed the cache on every line.
+        if self.response.len() >= HEADROOM {
+            self.response.truncate(HEADROOM);
+        } else {
+            self.response.clear();
+            self.response.resize(HEADROOM, 0);
+        }
         let mut interim = 0;
         loop {
             let Some(parsed) = self.parse_head()? else {
