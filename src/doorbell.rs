@@ -70,8 +70,12 @@ impl Doorbell {
     pub fn ring(&self) {
         if !self.0.pending.swap(true, Ordering::AcqRel)
             && let Some(tx) = &self.0.tx
+            && let Err(error) = (&*tx).write(&[1])
+            && error.kind() != io::ErrorKind::WouldBlock
         {
-            let _ = (&*tx).write(&[1]);
+            // No byte is on its way: let the next ring try again rather
+            // than wait for an answer to this one.
+            self.0.pending.store(false, Ordering::Release);
         }
     }
 }

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam::channel::Receiver;
 use monoio::io::Canceller;
 use monoio::net::TcpStream;
 
 use crate::accept::{accept_loop, accept_queued};
 use crate::config::ProxySettings;
-use crate::doorbell::LocalBell;
-use crate::pool::{ControlPlane, Inbox, LocalPool};
+use crate::pool::{ControlPlane, Inbox, LocalPool, PoolSnapshot};
 use crate::proxy::{CoreContext, serve_client};
 use crate::runtime::{self, DriverKind};
 
@@ -193,8 +193,8 @@ const FRESH_GRACE: Duration = Duration::from_secs(1);
 /// closes parked client connections whose idle timeout has passed and resets
 /// clients that stopped reading (see `close_expired`), so an idle timeout is
 /// honoured to within a second, closes idle upstream connections past theirs,
-/// frees the buffers that went unused for that second, and publishes the core's count of parked connections to its
-/// `WorkerStats`.
+/// frees the buffers that went unused for that second, and publishes the
+/// core's count of parked connections to its `WorkerStats`.
 async fn sweep_parked(core: Rc<CoreContext>, shutdown: Arc<AtomicBool>) {
     let mut parked_before = 0;
     let mut wave_before = false;
@@ -241,7 +241,7 @@ async fn control_loop(
     canceller: Canceller,
 ) {
     let Inbox { updates, bell } = inbox;
-    let mut bell: LocalBell = bell.local();
+    let mut bell = bell.local();
     let mut canceller = Some(canceller);
     loop {
         bell.rung().await;
@@ -263,11 +263,7 @@ async fn control_loop(
 }
 
 /// Applies the newest pending snapshot and publishes the applied version.
-fn apply_updates(
-    pool: &LocalPool,
-    updates: &crossbeam::channel::Receiver<Arc<crate::pool::PoolSnapshot>>,
-    plane: &ControlPlane,
-) {
+fn apply_updates(pool: &LocalPool, updates: &Receiver<Arc<PoolSnapshot>>, plane: &ControlPlane) {
     if let Some(newest) = updates.try_iter().max_by_key(|snapshot| snapshot.version) {
         pool.apply(&newest);
     }
