@@ -110,7 +110,9 @@ pub(super) struct Download<'a> {
     /// body bytes: one write, and no copy of the body.
     pub(super) response: &'a mut Vec<u8>,
     /// What is written to the client from a copy: heads, coalesced and
-    /// re-chunked bodies. Its pooled capacity bounds each step.
+    /// re-chunked bodies. Its pooled capacity bounds each step. Empty (no
+    /// capacity) until the first head is parsed, which takes it from the
+    /// core's pool.
     pub(super) out: &'a mut Vec<u8>,
     pub(super) plan: &'a Plan,
     pub(super) request_id: &'a [u8],
@@ -254,6 +256,9 @@ impl Download<'_> {
             && !switch
             && client_body != ClientBody::UntilClose
             && self.progress.request_read();
+        if self.out.capacity() == 0 {
+            *self.out = self.core.buffers.take();
+        }
         self.out.clear();
         rewrite::write_response_head(
             self.out,

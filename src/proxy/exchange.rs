@@ -216,7 +216,11 @@ impl Exchange<'_> {
         let progress = UploadProgress::new(plan, conn.fd());
         let started = Cell::new(false);
         let mut response = core.relay_buffers.take();
-        let mut out = core.buffers.take();
+        // Taken by the download side when the response head arrives: a
+        // buffer held from here would sit idle while the backend thinks, and
+        // at a thousand exchanges in flight the pool's top buffers would no
+        // longer be the warm ones.
+        let mut out = Vec::new();
         let resendable = conn.reused && plan.retryable;
         let upstream_start = Instant::now();
         let client_mid_write = self.output.mid_write_probe();
