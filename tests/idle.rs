@@ -1,6 +1,7 @@
 //! An idle percore sleeps: with no traffic, none of its threads wakes more
 //! than about once a second (the cores' sweep, the latency collection), so
-//! an idle proxy keeps an idle machine idle. Pool updates, ejections and
+//! an idle proxy keeps an idle machine idle, idle keep-alive connections
+//! open or not. Pool updates, ejections and
 //! shutdown reach the cores and the control thread by doorbell, not by
 //! polling. In a file of its own: it counts the wake-ups of threads by
 //! name, which other tests' servers in the same process would share.
@@ -43,9 +44,10 @@ fn an_idle_server_wakes_about_once_a_second() {
             config.health_interval = Duration::from_secs(30);
         });
         // Every part has run once: a request, a pool change, the first probes.
+        // A keep-alive connection stays open through the measurement:
+        // parked, it is the sweep's to look after, and needs no timer.
         let mut client = proxy.client();
         assert_eq!(client.get("/").status, 200);
-        drop(client);
         let id = proxy.backend_id(&proxy.mocks[1].url());
         let version = proxy
             .server
@@ -79,6 +81,12 @@ fn an_idle_server_wakes_about_once_a_second() {
                 "{name} woke {n} times in {span:?} while idle: {woke:?}"
             );
         }
+        assert_eq!(
+            client.get("/").status,
+            200,
+            "the idle connection still serves"
+        );
+        drop(client);
         drop(proxy);
     }
 }
