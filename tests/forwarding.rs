@@ -360,12 +360,8 @@ both_drivers! {
 
 /// One read from the proxy: what arrived by the time the first bytes did.
 fn read_once(client: &mut Client) -> Vec<u8> {
-    use std::io::Read;
     let mut buf = vec![0; 4096];
-    let n = client
-        .stream
-        .read(&mut buf)
-        .expect("reading from the proxy");
+    let n = read_retrying(&mut client.stream, &mut buf).expect("reading from the proxy");
     buf.truncate(n);
     buf
 }
