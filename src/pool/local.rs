@@ -88,6 +88,62 @@ pub struct LocalPool {
 /// A pick bounded to `MAX_ATTEMPTS` backends per request.
 pub const MAX_ATTEMPTS: usize = 64;
 
+/// The backends one request has tried, in order: what `pick` must skip.
+///
+/// Not a zeroed array: the slots live in the request's future, a few KB that
+/// each client connection keeps, and zeroing 512 bytes of it per request
+/// touched eight cache lines that with a thousand busy connections were
+/// cold (callgrind's cache simulation: 5 of 84 last-level misses per
+/// request). Only the slots in use are written.
+pub struct Tried {
+    ids: [std::mem::MaybeUninit<BackendId>; MAX_ATTEMPTS],
+    len: usize,
+}
+
+impl Tried {
+    pub fn new() -> Tried {
+        Tried {
+            ids: [const { std::mem::MaybeUninit::uninit() }; MAX_ATTEMPTS],
+            len: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len == MAX_ATTEMPTS
+    }
+
+    /// Adds `id`; `false` (and nothing added) once `MAX_ATTEMPTS` are in.
+    pub fn push(&mut self, id: BackendId) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.ids[self.len].write(id);
+        self.len += 1;
+        true
+    }
+
+    /// Forgets the last one, to try it again.
+    pub fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    pub fn as_slice(&self) -> &[BackendId] {
+        // SAFETY: the first `len` slots were written by `push`, and
+        // `MaybeUninit<u64>` has `u64`'s layout.
+        unsafe { std::slice::from_raw_parts(self.ids.as_ptr().cast(), self.len) }
+    }
+}
+
+impl Default for Tried {
+    fn default() -> Tried {
+        Tried::new()
+    }
+}
+
 impl LocalPool {
     pub fn new(core: usize, round_robin: SharedCursor) -> Rc<LocalPool> {
         Rc::new(LocalPool {

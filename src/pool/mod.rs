@@ -21,7 +21,7 @@ use crossbeam::channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-pub use local::{FROZEN_FACTOR, FROZEN_FLOOR, LocalBackend, LocalPool, MAX_ATTEMPTS};
+pub use local::{FROZEN_FACTOR, FROZEN_FLOOR, LocalBackend, LocalPool, MAX_ATTEMPTS, Tried};
 
 use crate::balance::{SharedCursor, StrategyKind};
 use crate::config::ProxySettings;

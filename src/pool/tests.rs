@@ -218,3 +218,27 @@ fn slow_start_admits_a_growing_share() {
     assert!((0.3..0.37).contains(&middle), "{middle}");
     assert!((end - 0.5).abs() < 0.01, "{end}");
 }
+
+#[test]
+fn tried_keeps_the_ids_pushed_and_stops_at_the_bound() {
+    let mut tried = Tried::new();
+    assert!(tried.is_empty());
+    assert_eq!(tried.as_slice(), &[] as &[BackendId]);
+    assert!(tried.push(7) && tried.push(3));
+    assert_eq!(tried.as_slice(), &[7, 3]);
+    tried.pop();
+    assert_eq!(tried.as_slice(), &[7]);
+    for id in 1..MAX_ATTEMPTS as BackendId {
+        assert!(tried.push(100 + id));
+    }
+    assert!(tried.is_full());
+    assert!(!tried.push(1), "a push past the bound is refused");
+    assert_eq!(tried.as_slice().len(), MAX_ATTEMPTS);
+    assert_eq!(tried.as_slice()[MAX_ATTEMPTS - 1], 100 + MAX_ATTEMPTS as BackendId - 1);
+    tried.pop();
+    tried.pop();
+    assert_eq!(tried.as_slice().len(), MAX_ATTEMPTS - 2);
+    let mut empty = Tried::new();
+    empty.pop();
+    assert!(empty.is_empty(), "pop on empty stays empty");
+}

@@ -16,7 +16,7 @@ use super::download::{Download, DownloadError};
 use super::plan::{Plan, UploadPhase, UploadProgress};
 use super::upload::{Upload, UploadError};
 use crate::metrics::InFlightGuard;
-use crate::pool::{BackendId, LocalBackend, MAX_ATTEMPTS};
+use crate::pool::{LocalBackend, Tried};
 use crate::ticker::TICK;
 use crate::upstream::{self, UpstreamConn};
 
@@ -76,8 +76,7 @@ impl Exchange<'_> {
     /// Forwards the request to backends until one answers or none is left.
     pub(super) async fn run(&mut self, plan: &mut Plan) -> Outcome {
         let core = self.core;
-        let mut tried = [0 as BackendId; MAX_ATTEMPTS];
-        let mut tried_count = 0;
+        let mut tried = Tried::new();
         let mut stale_retries = 0;
         let mut resent_elsewhere = false;
         let mut attempts = 0u32;
@@ -88,19 +87,18 @@ impl Exchange<'_> {
         loop {
             let picked = next
                 .take()
-                .or_else(|| core.pool.pick(&tried[..tried_count], core.ticker.now()));
+                .or_else(|| core.pool.pick(tried.as_slice(), core.ticker.now()));
             let backend = match picked {
-                Some(_) if tried_count == MAX_ATTEMPTS => {
+                Some(_) if tried.is_full() => {
                     return failed(502, "no backend could be reached", false);
                 }
                 Some(backend) => backend,
-                None if tried_count == 0 => {
+                None if tried.is_empty() => {
                     return failed(503, "no backend available", keep_client);
                 }
                 None => return failed(502, "no backend could be reached", keep_client),
             };
-            tried[tried_count] = backend.backend.id;
-            tried_count += 1;
+            tried.push(backend.backend.id);
             attempts += 1;
             if attempts > 1 {
                 core.recorder.count_retry(&backend.backend);
@@ -147,7 +145,7 @@ impl Exchange<'_> {
                     // are likely stale too. Retry it on a fresh connection.
                     stale_retries += 1;
                     backend.idle.prune(Instant::now(), Duration::ZERO);
-                    tried_count -= 1;
+                    tried.pop();
                     next = Some(backend.clone());
                 }
                 Forwarded::Unanswered
