@@ -234,7 +234,10 @@ fn tried_keeps_the_ids_pushed_and_stops_at_the_bound() {
     assert!(tried.is_full());
     assert!(!tried.push(1), "a push past the bound is refused");
     assert_eq!(tried.as_slice().len(), MAX_ATTEMPTS);
-    assert_eq!(tried.as_slice()[MAX_ATTEMPTS - 1], 100 + MAX_ATTEMPTS as BackendId - 1);
+    assert_eq!(
+        tried.as_slice()[MAX_ATTEMPTS - 1],
+        100 + MAX_ATTEMPTS as BackendId - 1
+    );
     tried.pop();
     tried.pop();
     assert_eq!(tried.as_slice().len(), MAX_ATTEMPTS - 2);
