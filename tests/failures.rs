@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use percore::Config;
+use percore::http1::{MAX_HEADERS, MAX_RESPONSE_FIELDS};
 use percore::pool::BackendState;
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -159,6 +160,29 @@ both_drivers! {
         let response = client.get("/");
         assert_eq!(response.status, 502, "{}", response.head);
         assert!(!response.body_text().contains("not HTTP"), "garbage relayed: {}", response.body_text());
+    }
+
+    fn a_response_at_the_field_limit_is_relayed_within_max_headers_and_one_more_gives_502(driver) {
+        let response_with = |fields: usize| {
+            let mut response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+            for i in 1..fields {
+                response.extend_from_slice(format!("X-Field-{i}: v\r\n").as_bytes());
+            }
+            response.extend_from_slice(b"\r\nok");
+            response
+        };
+        let backend = RawBackend::respond_with(response_with(MAX_RESPONSE_FIELDS));
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let response = Client::connect(server.proxy_addr()).get("/");
+        assert_eq!(response.status, 200, "{}", response.head);
+        assert_eq!(response.body_text(), "ok");
+        let fields = response.headers.len();
+        assert!(fields > MAX_RESPONSE_FIELDS && fields <= MAX_HEADERS, "{fields} fields relayed");
+
+        let backend = RawBackend::respond_with(response_with(MAX_RESPONSE_FIELDS + 1));
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let response = Client::connect(server.proxy_addr()).get("/");
+        assert_eq!(response.status, 502, "{}", response.head);
     }
 
     fn response_with_length_and_chunked_gives_502(driver) {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use percore::http1::{MAX_HEADERS, MAX_REQUEST_FIELDS};
 use std::time::{Duration, Instant};
 
 /// Sends `request` on a fresh connection; checks the status, that the
@@ -117,6 +118,31 @@ both_drivers! {
         }
         many.extend_from_slice(b"\r\n");
         check_all(&proxy, &[("17 KiB header", big, 431), ("1200 header fields", many, 431)]);
+    }
+
+    fn a_request_at_the_field_limit_is_forwarded_within_max_headers_and_one_more_gets_431(driver) {
+        let backend = RawBackend::respond_with(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        // An OPTIONS with Max-Forwards, a body and X-Forwarded-For: fields
+        // percore restates, beside the ones it adds.
+        let request = |fields: usize| {
+            let mut request = b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 5\r\nContent-Length: 2\r\nX-Forwarded-For: 192.0.2.1\r\n".to_vec();
+            for i in 4..fields {
+                request.extend_from_slice(format!("X-Field-{i}: v\r\n").as_bytes());
+            }
+            request.extend_from_slice(b"\r\nok");
+            request
+        };
+        let response = Client::connect(server.proxy_addr()).request(&request(MAX_REQUEST_FIELDS));
+        assert_eq!(response.status, 200, "{}", response.head);
+        let forwarded = &backend.requests()[0];
+        // The request line, the fields, then the two empty pieces after the final CRLF CRLF.
+        let fields = forwarded.head.split("\r\n").count() - 3;
+        assert!(fields > MAX_REQUEST_FIELDS && fields <= MAX_HEADERS, "{fields} fields forwarded");
+
+        let response = Client::connect(server.proxy_addr()).request(&request(MAX_REQUEST_FIELDS + 1));
+        assert_eq!(response.status, 431, "{}", response.head);
+        assert_eq!(backend.request_count(), 1, "the refused request reached the backend");
     }
 
     fn overlong_request_target_gets_414(driver) {

@@ -12,9 +12,28 @@ pub use chunked::{ChunkedDecoder, ChunkedError};
 pub use request::{BodyFraming, RequestError, RequestHead};
 pub use response::{ResponseError, ResponseFraming, ResponseHead};
 
-/// Most header fields accepted in one head; more is answered with 431 (requests)
-/// or 502 (responses). nginx and HAProxy both cap at about a hundred.
+/// Most header fields in any head percore parses or writes. nginx and HAProxy
+/// both cap at about a hundred (HAProxy's `tune.http.maxhdr`: 101).
 pub const MAX_HEADERS: usize = 100;
+
+/// Most fields percore adds to a request it forwards: Host, Content-Length
+/// or Transfer-Encoding, Connection and Upgrade (WebSocket), X-Forwarded-For,
+/// -Proto and -Host, Max-Forwards, X-Request-Id and Via.
+pub const FIELDS_ADDED_UPSTREAM: usize = 10;
+
+/// Most fields percore adds to a response it relays: Content-Length or
+/// Transfer-Encoding, Connection and Upgrade, X-Request-Id and Via.
+pub const FIELDS_ADDED_DOWNSTREAM: usize = 5;
+
+/// Most fields accepted in a client's request head (more: 431), so that the
+/// head percore forwards stays within `MAX_HEADERS`, a limit a backend may
+/// have too: a request percore accepted must not be one it sends in a form
+/// that it, or an HAProxy behind it, would refuse.
+pub const MAX_REQUEST_FIELDS: usize = MAX_HEADERS - FIELDS_ADDED_UPSTREAM;
+
+/// Most fields accepted in a backend's response head (more: 502), for the
+/// same reason on the way back.
+pub const MAX_RESPONSE_FIELDS: usize = MAX_HEADERS - FIELDS_ADDED_DOWNSTREAM;
 
 /// The protocol version of a received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,15 +134,24 @@ mod fuzz {
         }
     }
 
+    /// `PERCORE_FUZZ_ROUNDS` and `PERCORE_FUZZ_SEED` make a longer or other
+    /// run: `PERCORE_FUZZ_ROUNDS=10000000 cargo test --release --lib fuzz`.
+    fn from_env(name: &str, default: u64) -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     #[test]
     fn framing_survives_mutated_input() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift(from_env("PERCORE_FUZZ_SEED", 0x9e37_79b9_7f4a_7c15).max(1));
         let (mut requests, mut responses) = (0, 0);
-        for round in 0..30_000 {
+        for round in 0..from_env("PERCORE_FUZZ_ROUNDS", 30_000) as usize {
             let mut input = SEEDS[round % SEEDS.len()].to_vec();
             mutate(&mut rng, &mut input);
             let mut slots = header_slots();
-            if let Ok(Some(head)) = request::parse(&input, &mut slots) {
+            if let Ok(Some(head)) = request::parse(&input, &mut slots[..MAX_REQUEST_FIELDS]) {
                 requests += 1;
                 assert!(head.head_len <= input.len());
                 let mut out = Vec::new();
@@ -134,14 +162,17 @@ mod fuzz {
                 };
                 rewrite::write_request_head(&mut out, &head, &fields);
                 assert!(!has_bare_lf(&out), "{:?}", String::from_utf8_lossy(&out));
+                assert_forwarded_request_reads_the_same(&head, &out);
             }
             let mut slots = header_slots();
-            if let Ok(Some(head)) = response::parse(&input, &mut slots, round % 7 == 0) {
+            let slots = &mut slots[..MAX_RESPONSE_FIELDS];
+            if let Ok(Some(head)) = response::parse(&input, slots, round % 7 == 0) {
                 responses += 1;
                 assert!(head.head_len <= input.len());
                 let mut out = Vec::new();
                 let body = rewrite::ClientBody::Chunked;
                 rewrite::write_response_head(&mut out, &head, b"id", body, Version::Http11, false);
+                assert_relayed_response_reads_the_same(&head, &out);
             }
             let mut decoder = ChunkedDecoder::new();
             let mut at = 0;
@@ -164,5 +195,50 @@ mod fuzz {
             requests > 1_000 && responses > 1_000,
             "{requests} {responses}"
         );
+    }
+
+    /// The head percore sends upstream must parse, whole and within
+    /// `MAX_HEADERS` fields, as the request the client sent: the same
+    /// method, target, framing and authority. A difference is a request the
+    /// backend reads otherwise than percore did.
+    fn assert_forwarded_request_reads_the_same(head: &RequestHead, out: &[u8]) {
+        let text = String::from_utf8_lossy(out);
+        let mut slots = header_slots();
+        let again = match request::parse(out, &mut slots) {
+            Ok(Some(again)) => again,
+            other => panic!(
+                "forwarded head does not parse ({:?}): {text:?}",
+                other.err()
+            ),
+        };
+        assert_eq!(again.head_len, out.len(), "{text:?}");
+        assert_eq!(again.method, head.method, "{text:?}");
+        let origin_path = if head.absolute_form && !head.path.starts_with('/') {
+            format!("/{}", head.path)
+        } else {
+            head.path.to_string()
+        };
+        assert_eq!(again.path, origin_path, "{text:?}");
+        assert_eq!(again.framing, head.framing, "{text:?}");
+        assert_eq!(
+            again.authority,
+            Some(head.authority.unwrap_or(b"b:1")),
+            "{text:?}"
+        );
+        assert_eq!(again.websocket, head.websocket, "{text:?}");
+    }
+
+    /// The head relayed to the client (chunked, HTTP/1.1) must parse, within
+    /// `MAX_HEADERS` fields, as a response with the backend's status.
+    fn assert_relayed_response_reads_the_same(head: &ResponseHead, out: &[u8]) {
+        let text = String::from_utf8_lossy(out);
+        let mut slots = header_slots();
+        let again = match response::parse(out, &mut slots, false) {
+            Ok(Some(again)) => again,
+            other => panic!("relayed head does not parse ({:?}): {text:?}", other.err()),
+        };
+        assert_eq!(again.head_len, out.len(), "{text:?}");
+        assert_eq!(again.status, head.status, "{text:?}");
+        assert!(!has_bare_lf(out), "{text:?}");
     }
 }

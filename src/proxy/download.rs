@@ -17,7 +17,9 @@ use super::plan::{Plan, UploadProgress};
 use crate::buffer::{read_spare, read_spare_cancelable};
 use crate::http1::chunked::{ChunkSizeLine, LAST_CHUNK, write_chunk_size};
 use crate::http1::rewrite::{self, ClientBody};
-use crate::http1::{ChunkedDecoder, ResponseFraming, Version, header_slots, response};
+use crate::http1::{
+    ChunkedDecoder, MAX_RESPONSE_FIELDS, ResponseFraming, Version, header_slots, response,
+};
 
 /// While a slow backend thinks, the client connection is watched for a close
 /// (so the exchange is abandoned at once). Watching costs two io_uring
@@ -225,9 +227,9 @@ impl Download<'_> {
             return Ok(None);
         }
         let mut headers = header_slots();
+        let slots = &mut headers[..MAX_RESPONSE_FIELDS];
         let plan = self.plan;
-        let Some(head) = response::parse(&self.response[HEADROOM..], &mut headers, plan.is_head)?
-        else {
+        let Some(head) = response::parse(&self.response[HEADROOM..], slots, plan.is_head)? else {
             return Ok(None);
         };
         let client_body = match head.framing {

@@ -43,7 +43,7 @@ use plan::{BackendHost, Plan};
 use tunnel::Tunnel;
 
 use crate::http1::rewrite::{self, ForwardFields};
-use crate::http1::{BodyFraming, header_slots, request};
+use crate::http1::{BodyFraming, MAX_REQUEST_FIELDS, header_slots, request};
 use crate::pool::BackendId;
 use crate::sys;
 use crate::ticker::TICK;
@@ -363,7 +363,8 @@ impl Serving {
     /// head. Synchronous: the parsed head borrows the input buffer.
     fn prepare(&mut self) -> Prepared {
         let mut headers = header_slots();
-        let head = match request::parse(self.conn.input.pending(), &mut headers) {
+        let slots = &mut headers[..MAX_REQUEST_FIELDS];
+        let head = match request::parse(self.conn.input.pending(), slots) {
             Ok(Some(head)) => head,
             Ok(None) => return Prepared::Incomplete,
             Err(error) => return Prepared::Refuse(error),
