@@ -145,6 +145,31 @@ both_drivers! {
         assert_eq!(backend.request_count(), 1, "the refused request reached the backend");
     }
 
+    fn a_head_that_fits_but_not_once_forwarded_gets_431(driver) {
+        let backend = RawBackend::respond_with(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]);
+        let server = start_server(test_config(driver, vec![backend.url()]));
+        let limit = percore::config::ProxySettings::default().buffer_size;
+        // A head of `size` bytes, nearly all of it one field.
+        let request = |size: usize| {
+            let start = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Big: ";
+            let mut request = start.to_vec();
+            request.extend(std::iter::repeat_n(b'b', size - start.len() - 4));
+            request.extend_from_slice(b"\r\n\r\n");
+            request
+        };
+        // Room for what percore adds: forwarded, and within the limit.
+        let response = Client::connect(server.proxy_addr()).request(&request(limit - 400));
+        assert_eq!(response.status, 200, "{}", response.head);
+        let forwarded = backend.requests()[0].head.len();
+        assert!(forwarded > limit - 400 && forwarded <= limit, "{forwarded}-byte head forwarded");
+
+        // Within the limit as received, over it as forwarded.
+        let response = Client::connect(server.proxy_addr()).request(&request(limit - 20));
+        assert_eq!(response.status, 431, "{}", response.head);
+        assert!(response.body_text().contains("once forwarded"), "{}", response.body_text());
+        assert_eq!(backend.request_count(), 1, "the refused request reached the backend");
+    }
+
     fn overlong_request_target_gets_414(driver) {
         let proxy = Proxy::start(driver, 1);
         let mut long = b"GET /".to_vec();

@@ -24,6 +24,10 @@ pub enum BodyFraming {
 pub enum RequestError {
     #[error("request head too large")]
     HeadTooLarge,
+    /// The head fits, but not with the fields percore adds: forwarded, it
+    /// would be over the limit percore (and a like backend) accepts.
+    #[error("request head too large once forwarded (percore adds X-Forwarded-For, Via and more)")]
+    ForwardedHeadTooLarge,
     #[error("too many header fields")]
     TooManyHeaders,
     #[error("malformed request line")]
@@ -62,7 +66,9 @@ impl RequestError {
     /// The status code a client gets for this error.
     pub fn status(self) -> u16 {
         match self {
-            RequestError::HeadTooLarge | RequestError::TooManyHeaders => 431,
+            RequestError::HeadTooLarge
+            | RequestError::ForwardedHeadTooLarge
+            | RequestError::TooManyHeaders => 431,
             RequestError::Version => 505,
             RequestError::UnsupportedTransferCoding => 501,
             RequestError::MethodNotSupported => 405,

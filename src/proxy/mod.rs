@@ -397,6 +397,11 @@ impl Serving {
             backend_authority,
         };
         let host_range = rewrite::write_request_head(&mut self.up_head, &head, &fields);
+        if self.up_head.len() > self.conn.core.settings().buffer_size {
+            // Forwarded within the head limit percore accepts itself, as
+            // with the field count (HAProxy keeps tune.maxrewrite for this).
+            return Prepared::Refuse(request::RequestError::ForwardedHeadTooLarge);
+        }
         let backend_host = host_range.map(|range| BackendHost {
             range,
             // No backend yet ("localhost"): whichever is picked rewrites it.
