@@ -164,12 +164,7 @@ both_drivers! {
 
     fn a_response_at_the_field_limit_is_relayed_within_max_headers_and_one_more_gives_502(driver) {
         let response_with = |fields: usize| {
-            let mut response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
-            for i in 1..fields {
-                response.extend_from_slice(format!("X-Field-{i}: v\r\n").as_bytes());
-            }
-            response.extend_from_slice(b"\r\nok");
-            response
+            with_filler_fields(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", 1..fields, b"ok")
         };
         let backend = RawBackend::respond_with(response_with(MAX_RESPONSE_FIELDS));
         let server = start_server(test_config(driver, vec![backend.url()]));

@@ -112,11 +112,7 @@ both_drivers! {
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
         big.extend(std::iter::repeat_n(b'b', 17 * 1024));
         big.extend_from_slice(b"\r\n\r\n");
-        let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
-        for i in 0..1200 {
-            many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
-        }
-        many.extend_from_slice(b"\r\n");
+        let many = with_filler_fields(b"GET / HTTP/1.1\r\nHost: a\r\n", 0..1200, b"");
         check_all(&proxy, &[("17 KiB header", big, 431), ("1200 header fields", many, 431)]);
     }
 
@@ -125,14 +121,8 @@ both_drivers! {
         let server = start_server(test_config(driver, vec![backend.url()]));
         // An OPTIONS with Max-Forwards, a body and X-Forwarded-For: fields
         // percore restates, beside the ones it adds.
-        let request = |fields: usize| {
-            let mut request = b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 5\r\nContent-Length: 2\r\nX-Forwarded-For: 192.0.2.1\r\n".to_vec();
-            for i in 4..fields {
-                request.extend_from_slice(format!("X-Field-{i}: v\r\n").as_bytes());
-            }
-            request.extend_from_slice(b"\r\nok");
-            request
-        };
+        let start = b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nMax-Forwards: 5\r\nContent-Length: 2\r\nX-Forwarded-For: 192.0.2.1\r\n";
+        let request = |fields: usize| with_filler_fields(start, 4..fields, b"ok");
         let response = Client::connect(server.proxy_addr()).request(&request(MAX_REQUEST_FIELDS));
         assert_eq!(response.status, 200, "{}", response.head);
         let forwarded = &backend.requests()[0];

@@ -352,6 +352,18 @@ pub fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
     out
 }
 
+/// A head of `start` (its first line and fields, CRLF-ended), then one
+/// `X-Field-N: v` for each N in `numbers`, the empty line and `body`.
+pub fn with_filler_fields(start: &[u8], numbers: std::ops::Range<usize>, body: &[u8]) -> Vec<u8> {
+    let mut head = start.to_vec();
+    for i in numbers {
+        head.extend_from_slice(format!("X-Field-{i}: v\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(body);
+    head
+}
+
 /// Deterministic, non-repeating-looking test payload.
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len)
